@@ -1,0 +1,1 @@
+"""Pure parsing and schema inference for incoming records (no ORM, no network)."""

@@ -1,0 +1,75 @@
+"""Every URL x every role. A new URL must be added to ROUTES, or the completeness test fails."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from flows import roles
+from tests.factories import CredentialFactory, UserFactory
+
+ANON, NONE = "anonymous", "no role"
+ORDER = [ANON, NONE, roles.VIEWER, roles.OPERATOR, roles.ADMIN]
+
+# name -> (method, needs a credential uuid, lowest role allowed; None = public)
+ROUTES = {
+    "login": ("get", False, None),
+    "healthz": ("get", False, None),
+    "logout": ("post", False, NONE),
+    "dashboard": ("get", False, roles.VIEWER),
+    "nexset_list": ("get", False, roles.VIEWER),
+    "destination_list": ("get", False, roles.VIEWER),
+    "audit_list": ("get", False, roles.VIEWER),
+    "salesforce": ("get", False, roles.ADMIN),
+    "credential_list": ("get", False, roles.ADMIN),
+    "credential_new": ("get", False, roles.ADMIN),
+    "credential_edit": ("get", True, roles.ADMIN),
+    "credential_delete": ("get", True, roles.ADMIN),
+    "credential_test": ("post", True, roles.ADMIN),
+}
+
+
+def all_url_names(resolver=None) -> set[str]:
+    names = set()
+    for entry in (resolver or get_resolver()).url_patterns:
+        if isinstance(entry, URLResolver):
+            names |= all_url_names(entry)
+        elif isinstance(entry, URLPattern) and entry.name:
+            names.add(entry.name)
+    return names
+
+
+def test_every_url_is_in_the_roles_matrix():
+    assert all_url_names() == set(ROUTES)
+
+
+def client_for(who: str) -> Client:
+    client = Client()
+    if who != ANON:
+        user = UserFactory(role=None if who == NONE else who)
+        client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    return client
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ORDER)
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_each_role_gets_exactly_what_it_may(name, who, request):
+    method, needs_credential, lowest = ROUTES[name]
+    kwargs = {}
+    if needs_credential:
+        kwargs["uuid"] = CredentialFactory(api_base=request.getfixturevalue("clazar_sim").url).uuid
+    url = reverse(name, kwargs=kwargs)
+    response = getattr(client_for(who), method)(url)
+    if lowest is None:
+        assert response.status_code in (200, 302)
+        return
+    if who == ANON:
+        assert response.status_code == 302
+        assert response["Location"].startswith(reverse("login"))
+    elif ORDER.index(who) < ORDER.index(lowest):
+        assert response.status_code == 403
+        assert lowest in response.content.decode()
+    else:
+        assert response.status_code in (200, 302), response.content[:300]
