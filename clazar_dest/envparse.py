@@ -89,6 +89,21 @@ def parse_url(
     return value
 
 
+def parse_database_url(env: Mapping[str, str], name: str = "DATABASE_URL") -> str | None:
+    """postgres://user:pass@host:port/db, or sqlite:////absolute/path.sqlite3."""
+    value = _raw(env, name)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme in ("postgres", "postgresql") and parts.hostname and parts.path.strip("/"):
+        return value
+    if parts.scheme == "sqlite" and not parts.netloc and parts.path.startswith("/") and len(parts.path) > 1:
+        return value
+    raise ImproperlyConfigured(
+        f"{name} must look like postgres://user:password@host:5432/dbname or sqlite:////absolute/file.sqlite3"
+    )
+
+
 def parse_origin(value: str, name: str) -> str:
     """An origin like https://api.clazar.io (scheme, host, optional port; no path, query or userinfo)."""
     parts = urlsplit(value)

@@ -98,22 +98,23 @@ TEMPLATES = [
     }
 ]
 
-_database_url = ep.parse_url(ENV, "DATABASE_URL", schemes=("postgres", "postgresql", "sqlite"))
-if _database_url:
+_database_url = ep.parse_database_url(ENV)
+if _database_url and not _database_url.startswith("sqlite"):
     DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)}
 else:
+    _sqlite_file = Path(_database_url[len("sqlite://") :]) if _database_url else DATA_DIR / "clazar-dest.sqlite3"
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "clazar-dest.sqlite3",
-            # Workers and web share the file: wait for locks instead of failing, write-ahead log for
-            # readers that do not block the writer.
+            "NAME": _sqlite_file,
+            # Workers and web share the file: wait for locks instead of failing, and use the write-ahead
+            # log so readers do not block the writer.
             "OPTIONS": {
                 "timeout": 30,
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
-            "TEST": {"NAME": DATA_DIR / "test-clazar-dest.sqlite3"},
+            "TEST": {"NAME": _sqlite_file.with_name("test-" + _sqlite_file.name)},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -140,6 +141,7 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR),
         "data_folder_out": str(BROKER_DIR),
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
 CELERY_SWEEP_SECONDS = ep.parse_int(ENV, "CELERY_SWEEP_SECONDS", 5, minimum=1, maximum=3600)

@@ -1,25 +1,33 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 
 from flows import roles
 from tests.factories import UserFactory
 
-pytest_plugins = ["tests.fixtures_sim"]
+pytest_plugins = ["tests.fixtures_sim", "tests.fixtures_procs"]
 
 
-@pytest.fixture(autouse=True)
-def _test_transport(settings):
-    """Tests talk plain HTTP on loopback, and serve the static source files (production serves hashed
-    names from collectstatic behind TLS)."""
-    settings.SECURE_SSL_REDIRECT = False
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+@pytest.fixture(autouse=True, scope="session")
+def _test_transport():
+    """Tests talk plain HTTP on loopback and serve the static source files (production serves hashed
+    names from collectstatic behind TLS). Session-wide, so the live server's middleware sees it too."""
+    from django.conf import settings
+
+    plain = override_settings(
+        SECURE_SSL_REDIRECT=False,
+        SESSION_COOKIE_SECURE=False,
+        CSRF_COOKIE_SECURE=False,
+        SECURE_HSTS_SECONDS=0,
+        STORAGES={
+            **settings.STORAGES,
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        },
+    )
+    plain.enable()
+    yield
+    plain.disable()
 
 
 @pytest.fixture

@@ -99,3 +99,16 @@ def test_settings_refuse_a_nonsense_environment_at_start_up():
     )
     assert result.returncode != 0
     assert "DEBUG='perhaps' is not a boolean" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "good", ["postgres://postgres@127.0.0.1:5432/test", "postgresql://u:p@db/clazar", "sqlite:////var/lib/c.sqlite3"]
+)
+def test_database_urls_for_postgresql_and_sqlite_are_accepted(good):
+    assert ep.parse_database_url({"DATABASE_URL": good}) == good
+
+
+@pytest.mark.parametrize("bad", ["mysql://db/x", "postgres://db", "sqlite://relative.db", "localhost:5432"])
+def test_other_database_urls_are_refused_with_an_example(bad):
+    with pytest.raises(ImproperlyConfigured, match="must look like postgres://"):
+        ep.parse_database_url({"DATABASE_URL": bad})

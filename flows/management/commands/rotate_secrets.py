@@ -18,7 +18,8 @@ class Command(BaseCommand):
         try:
             with transaction.atomic():
                 for model, names in encrypted_fields():
-                    for obj in model.objects.only("pk", *names).iterator():
+                    # Few rows hold secrets (credentials, connections, webhook Nexsets): read them whole.
+                    for obj in list(model.objects.only("pk", *names)):
                         values = {name: getattr(obj, name) for name in names if getattr(obj, name)}
                         if values:
                             # Saving a decrypted value encrypts it again with the first key.

@@ -1,0 +1,1 @@
+"""Clazar API: endpoint catalog, auth/token cache and client (no ORM)."""
