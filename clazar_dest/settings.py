@@ -102,7 +102,9 @@ _database_url = ep.parse_database_url(ENV)
 if _database_url and not _database_url.startswith("sqlite"):
     DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)}
 else:
-    _sqlite_file = Path(_database_url[len("sqlite://") :]) if _database_url else DATA_DIR / "clazar-dest.sqlite3"
+    _sqlite_file = (
+        Path(_database_url[len("sqlite://") :]) if _database_url else DATA_DIR / "clazar-dest.sqlite3"
+    )
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",

@@ -102,7 +102,8 @@ def test_settings_refuse_a_nonsense_environment_at_start_up():
 
 
 @pytest.mark.parametrize(
-    "good", ["postgres://postgres@127.0.0.1:5432/test", "postgresql://u:p@db/clazar", "sqlite:////var/lib/c.sqlite3"]
+    "good",
+    ["postgres://postgres@127.0.0.1:5432/test", "postgresql://u:p@db/clazar", "sqlite:////var/lib/c.sqlite3"],
 )
 def test_database_urls_for_postgresql_and_sqlite_are_accepted(good):
     assert ep.parse_database_url({"DATABASE_URL": good}) == good

@@ -28,7 +28,9 @@ def test_an_admin_adds_a_credential_and_tests_it(page, login, sim_allowed):
     page.get_by_label("Client ID").fill(DEFAULT_CLIENT_ID)
     page.get_by_label("Client secret").fill(DEFAULT_CLIENT_SECRET)
     page.get_by_role("button", name="Save and test").click()
-    expect(page.locator(".toast-success")).to_contain_text("“Production” works: Clazar issued a token valid for")
+    expect(page.locator(".toast-success")).to_contain_text(
+        "“Production” works: Clazar issued a token valid for"
+    )
     expect(page.locator("#credential-status .badge")).to_have_text("Working")
     # The secret is write-only: the field comes back empty.
     expect(page.get_by_label("Client secret")).to_have_value("")
