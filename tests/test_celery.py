@@ -8,7 +8,7 @@ from clazar_dest.celery import app
 from flows.models import Delivery
 from tests.factories import DestinationFactory
 
-pytestmark = [pytest.mark.slow, pytest.mark.embedded]
+pytestmark = pytest.mark.slow
 
 
 def test_the_app_serialises_json_ignores_results_and_acks_late():

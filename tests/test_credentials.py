@@ -35,7 +35,6 @@ def free_port() -> int:
 
 
 @pytest.mark.django_db
-@pytest.mark.embedded
 def test_a_canary_secret_never_appears_in_a_page_or_a_log(admin_client, sim_allowed, caplog):
     caplog.set_level(logging.DEBUG)
     data = form(sim_allowed.url, client_id=DEFAULT_CLIENT_ID + "-canary", client_secret=CANARY, test="1")

@@ -7,7 +7,6 @@ from tests.factories import PASSWORD, UserFactory
 
 
 @pytest.mark.django_db
-@pytest.mark.embedded
 def test_a_user_logs_in_and_lands_on_the_dashboard():
     user = UserFactory(role=roles.VIEWER)
     response = Client().post(reverse("login"), {"username": user.username, "password": PASSWORD}, follow=True)

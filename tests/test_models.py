@@ -5,7 +5,7 @@ from flows import records
 from flows.models import Delivery, DeliveryItem, Record, SalesforceConnection
 from tests.factories import DestinationFactory, NexsetFactory
 
-pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
+pytestmark = pytest.mark.django_db
 
 
 def test_only_one_salesforce_connection_can_exist():

@@ -27,7 +27,6 @@ def test_a_secret_prints_as_a_mask_everywhere():
 
 
 @pytest.mark.django_db
-@pytest.mark.embedded
 def test_secrets_are_stored_encrypted_and_read_back():
     credential = CredentialFactory(client_secret="plain-canary-value")
     stored = raw_column(credential, "client_secret")
