@@ -32,7 +32,9 @@ class CredentialForm(forms.ModelForm):
         bases = list(settings.CLAZAR_API_BASES)
         if self.instance.pk and self.instance.api_base not in bases:
             bases.append(self.instance.api_base)  # shown so it can be changed, rejected if kept
-        self.fields["api_base"].choices = [(b, b) for b in bases]
+        self.fields["api_base"].choices = [
+            (b, f"{b} (simulator)" if b == settings.CLAZAR_SIMULATOR_URL else b) for b in bases
+        ]
         self.fields["rate_limit"].widget.attrs.update(min=1, max=100_000)
         if self.instance.pk:
             self.fields[

@@ -250,6 +250,15 @@ class Destination(Stamped):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def endpoint_label(self) -> str:
+        from clazar_dest.clazar.endpoints import BY_KEY
+
+        if self.config.get("mode") == "advanced":
+            return "Advanced"
+        endpoint = BY_KEY.get(self.config.get("template", ""))
+        return endpoint.label if endpoint else "Not chosen"
+
 
 class Delivery(Stamped):
     """One request to Clazar covering one record or one batch.
