@@ -1,6 +1,6 @@
 from django.urls import path
 
-from flows.views import credentials, pages
+from flows.views import credentials, pages, users
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -14,4 +14,8 @@ urlpatterns = [
     path("credentials/<uuid:uuid>/delete/", credentials.credential_delete, name="credential_delete"),
     path("salesforce/", pages.salesforce, name="salesforce"),
     path("audit/", pages.audit_list, name="audit_list"),
+    path("users/", users.user_list, name="user_list"),
+    path("users/new/", users.user_new, name="user_new"),
+    path("users/<int:user_id>/", users.user_edit, name="user_edit"),
+    path("profile/", users.profile, name="profile"),
 ]

@@ -12,21 +12,33 @@ from tests.factories import CredentialFactory, UserFactory
 ANON, NONE = "anonymous", "no role"
 ORDER = [ANON, NONE, roles.VIEWER, roles.OPERATOR, roles.ADMIN]
 
-# name -> (method, needs a credential uuid, lowest role allowed; None = public)
+# name -> (method, the object its URL names (a key of OBJECTS) or None, lowest role allowed; None = public)
 ROUTES = {
-    "login": ("get", False, None),
-    "healthz": ("get", False, None),
-    "logout": ("post", False, NONE),
-    "dashboard": ("get", False, roles.VIEWER),
-    "nexset_list": ("get", False, roles.VIEWER),
-    "destination_list": ("get", False, roles.VIEWER),
-    "audit_list": ("get", False, roles.VIEWER),
-    "salesforce": ("get", False, roles.ADMIN),
-    "credential_list": ("get", False, roles.ADMIN),
-    "credential_new": ("get", False, roles.ADMIN),
-    "credential_edit": ("get", True, roles.ADMIN),
-    "credential_delete": ("get", True, roles.ADMIN),
-    "credential_test": ("post", True, roles.ADMIN),
+    "login": ("get", None, None),
+    "healthz": ("get", None, None),
+    "logout": ("post", None, NONE),
+    "dashboard": ("get", None, roles.VIEWER),
+    "nexset_list": ("get", None, roles.VIEWER),
+    "destination_list": ("get", None, roles.VIEWER),
+    "audit_list": ("get", None, roles.VIEWER),
+    "salesforce": ("get", None, roles.ADMIN),
+    "credential_list": ("get", None, roles.ADMIN),
+    "credential_new": ("get", None, roles.ADMIN),
+    "credential_edit": ("get", "credential", roles.ADMIN),
+    "credential_delete": ("get", "credential", roles.ADMIN),
+    "credential_test": ("post", "credential", roles.ADMIN),
+    "user_list": ("get", None, roles.ADMIN),
+    "user_new": ("get", None, roles.ADMIN),
+    "user_edit": ("get", "user", roles.ADMIN),
+    "profile": ("get", None, NONE),
+}
+
+# How to make the object a URL names: kind -> (request -> URL kwargs).
+OBJECTS = {
+    "credential": lambda request: {
+        "uuid": CredentialFactory(api_base=request.getfixturevalue("clazar_sim").url).uuid
+    },
+    "user": lambda request: {"user_id": UserFactory().pk},
 }
 
 
@@ -56,10 +68,8 @@ def client_for(who: str) -> Client:
 @pytest.mark.parametrize("who", ORDER)
 @pytest.mark.parametrize("name", sorted(ROUTES))
 def test_each_role_gets_exactly_what_it_may(name, who, request):
-    method, needs_credential, lowest = ROUTES[name]
-    kwargs = {}
-    if needs_credential:
-        kwargs["uuid"] = CredentialFactory(api_base=request.getfixturevalue("clazar_sim").url).uuid
+    method, obj, lowest = ROUTES[name]
+    kwargs = OBJECTS[obj](request) if obj else {}
     url = reverse(name, kwargs=kwargs)
     response = getattr(client_for(who), method)(url)
     if lowest is None:
