@@ -79,3 +79,24 @@ def test_the_log_filter_masks_bearer_tokens_and_secret_fields(caplog):
     with caplog.at_level(logging.INFO, logger="tests.redact"):
         logger.info("token %s", "Bearer zzz-canary")
     assert "zzz-canary" not in caplog.text
+
+
+def test_the_debug_error_page_shows_secrets_masked(rf, settings):
+    import sys
+
+    from django.views.debug import technical_500_response
+
+    settings.DEBUG = True
+
+    def failing(secret: Secret) -> None:
+        token = secret  # noqa: F841 (a local the error page lists)
+        raise RuntimeError("boom")
+
+    try:
+        failing(Secret("-".join(["debug", "page", "canary"])))  # not a literal: the page quotes source lines
+    except RuntimeError:
+        response = technical_500_response(rf.get("/"), *sys.exc_info())
+    page = response.content.decode()
+    assert "boom" in page
+    assert "debug-page-canary" not in page
+    assert MASK in page
