@@ -49,6 +49,11 @@ if CLAZAR_SIMULATOR_URL:
 CLAZAR_RATE_LIMIT = ep.parse_int(ENV, "CLAZAR_RATE_LIMIT", 120, minimum=1, maximum=100_000)
 CLAZAR_CONNECT_TIMEOUT = ep.parse_int(ENV, "CLAZAR_CONNECT_TIMEOUT", 5, minimum=1, maximum=120)
 CLAZAR_READ_TIMEOUT = ep.parse_int(ENV, "CLAZAR_READ_TIMEOUT", 30, minimum=1, maximum=600)
+# Total seconds one call to Clazar may take, body included: a server trickling bytes never trips the read
+# timeout (it is per socket read), this does.
+CLAZAR_DEADLINE = ep.parse_int(
+    ENV, "CLAZAR_DEADLINE", CLAZAR_CONNECT_TIMEOUT + CLAZAR_READ_TIMEOUT + 5, minimum=1, maximum=900
+)
 
 INSTALLED_APPS = [
     "django.contrib.auth",

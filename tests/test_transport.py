@@ -1,0 +1,491 @@
+"""clazar_dest.clazar.transport against the Clazar simulator and tiny misbehaving servers, over real sockets.
+
+Requests are built by hand here (flows.payloads is written separately); the outcome of each answer is
+checked through flows.outcomes.classify, the way the engine will use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+import requests
+
+from clazar_dest.clazar import endpoints, transport
+from clazar_dest.clazar.spec import RequestSpec
+from clazar_dest.simulators.clazar import ClazarSimulator
+from flows.outcomes import classify
+
+FAST = {"connect_timeout": 1.0, "read_timeout": 2.0, "deadline": 4.0}
+LISTING = {"name": "Data Platform", "cloud": "aws"}
+OPPORTUNITY = {"title": "Acme expansion", "cloud": "gcp", "customer_company": "Acme"}
+
+
+def spec_for(base: str, key: str, body: object | None, object_id: str | None = None) -> RequestSpec:
+    endpoint = endpoints.get(key)
+    return RequestSpec(
+        method=endpoint.method,
+        url=base + endpoint.path_for(object_id),
+        body=None if body is None else json.dumps(body).encode(),
+        seqs=(1,),
+        target_id=object_id or "",
+        endpoint=key,
+    )
+
+
+def send(spec: RequestSpec, token: str, **overrides):
+    options = {"session": transport.new_session(), "idempotency_key": None, **FAST, **overrides}
+    return transport.send(spec, token, **options)
+
+
+def outcome_of(result: transport.AttemptResult, spec: RequestSpec, attempt: int = 1):
+    endpoint = endpoints.get(spec.endpoint) if spec.endpoint else None
+    return classify(
+        method=spec.method,
+        creates_or_publishes=bool(endpoint and endpoint.action in ("create", "publish")),
+        error_kind=result.error_kind,
+        status=result.status,
+        headers=result.headers,
+        body_json=result.json,
+        attempt=attempt,
+        now=datetime.now(UTC),
+        target_id=spec.target_id or None,
+        resource_label=endpoint.label.split(" ", 1)[1].capitalize() if endpoint else None,
+        error=result.error,
+    )
+
+
+@pytest.fixture
+def sim(clazar_sim: ClazarSimulator) -> ClazarSimulator:
+    return clazar_sim
+
+
+@pytest.fixture
+def token(sim: ClazarSimulator) -> str:
+    return sim.issue_token()
+
+
+def seed_offer(sim: ClazarSimulator, **fields) -> dict:
+    listing = sim.seed(listings=[LISTING])["listings"][0]
+    offer = {"name": "Acme 3y", "listing": listing["id"], "buyer": "1234", **fields}
+    return sim.seed(private_offers=[offer])["private_offers"][0]
+
+
+class TinyServer:
+    """A loopback TCP server running ``handle(conn)`` per connection; counts connections."""
+
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self.handle = handle
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopping = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.handle(conn)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def tiny() -> Iterator[Callable[[Callable[[socket.socket], None]], TinyServer]]:
+    servers: list[TinyServer] = []
+
+    def start(handle: Callable[[socket.socket], None]) -> TinyServer:
+        servers.append(TinyServer(handle))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def read_request(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# -- the eight templates -------------------------------------------------------------------------------
+
+CASES = {
+    # key: (valid body, invalid body, expected message for the invalid one)
+    "create_listing": (
+        LISTING,
+        {"cloud": "mars"},
+        'Clazar rejected the record: name: This field is required.; cloud: "mars" is not a valid choice.',
+    ),
+    "update_listing": (
+        {"name": "Data Platform 2"},
+        {"cloud": "mars"},
+        'Clazar rejected the record: cloud: "mars" is not a valid choice.',
+    ),
+    "create_opportunity": (
+        OPPORTUNITY,
+        {"title": " ", "cloud": "gcp"},
+        "Clazar rejected the record: title: This field may not be blank.; "
+        "customer_company: This field is required.",
+    ),
+    "update_opportunity": (
+        {"customer_company": "Acme Corp"},
+        {"title": None},
+        "Clazar rejected the record: title: This field may not be null.",
+    ),
+    "create_private_offer": (
+        None,  # needs a listing id: filled in below
+        {"name": "Acme 3y"},
+        "Clazar rejected the record: listing: This field is required.; buyer: This field is required.",
+    ),
+    "update_private_offer": (
+        {"name": "Acme 2y"},
+        {"buyer": ""},
+        "Clazar rejected the record: buyer: This field may not be blank.",
+    ),
+    "publish_private_offer": ({}, {}, "Clazar rejected the record: Only draft offers can be published."),
+    "delete_private_offer": (None, None, "Private offer {id} was not found in Clazar."),
+}
+
+
+def prepare(sim: ClazarSimulator, key: str, valid: bool) -> tuple[RequestSpec, str | None]:
+    """The spec for one template case, with the objects it needs seeded."""
+    good, bad, _ = CASES[key]
+    body = good if valid else bad
+    endpoint = endpoints.get(key)
+    object_id = None
+    if key == "create_private_offer" and valid:
+        listing = sim.seed(listings=[LISTING])["listings"][0]
+        body = {"name": "Acme 3y", "listing": listing["id"], "buyer": "1234"}
+    if endpoint.id_param:
+        resource = endpoint.resource
+        if resource == "private_offers":
+            published = key == "publish_private_offer" and not valid
+            object_id = seed_offer(sim, **({"status": "published"} if published else {}))["id"]
+        else:
+            seed = {"listings": LISTING, "opportunities": OPPORTUNITY}[resource]
+            object_id = sim.seed({resource: [seed]})[resource][0]["id"]
+        if key == "delete_private_offer" and not valid:
+            object_id = "3f2a0000-0000-4000-8000-000000000000"
+    return spec_for(sim.url, key, body if endpoint.has_body else None, object_id), object_id
+
+
+@pytest.mark.parametrize("key", [e.key for e in endpoints.ENDPOINTS])
+def test_every_template_succeeds_with_a_valid_record(sim, token, key):
+    spec, object_id = prepare(sim, key, valid=True)
+    result = send(spec, token)
+    outcome = outcome_of(result, spec)
+    assert result.error_kind is None, result.error
+    assert outcome.action == "done", outcome.message
+    if endpoints.get(key).creates:
+        assert result.status == 201
+        assert outcome.created_id in {o["id"] for o in sim.objects(endpoints.get(key).resource)}
+    if key == "publish_private_offer":
+        assert [o["status"] for o in sim.objects("private_offers") if o["id"] == object_id] == ["published"]
+    if key == "delete_private_offer":
+        assert result.status == 204
+        assert object_id not in {o["id"] for o in sim.objects("private_offers")}
+
+
+@pytest.mark.parametrize("key", [e.key for e in endpoints.ENDPOINTS])
+def test_every_template_fails_with_a_clear_message_for_an_invalid_record(sim, token, key):
+    spec, object_id = prepare(sim, key, valid=False)
+    result = send(spec, token)
+    outcome = outcome_of(result, spec)
+    assert result.status in (400, 404)
+    assert outcome.action == "permanent"
+    assert outcome.message.startswith(CASES[key][2].format(id=object_id)), outcome.message
+    assert not outcome.counts_for_breaker
+
+
+# -- headers -------------------------------------------------------------------------------------------
+
+
+def test_it_sends_its_own_headers_and_extra_headers_can_not_override_them(sim, token):
+    spec = RequestSpec(
+        "POST",
+        f"{sim.url}/listings/",
+        json.dumps(LISTING).encode(),
+        (1,),
+        headers=(("Authorization", "Bearer stolen"), ("content-type", "text/plain"), ("X-Trace", "t-1")),
+    )
+    result = send(spec, token)
+    assert result.status == 201
+    sent = sim.requests_log(path="/listings/")[0]["headers"]
+    assert sent["content-type"] == "application/json"
+    assert sent["accept"] == "application/json"
+    assert sent["user-agent"] == transport.USER_AGENT
+    assert transport.USER_AGENT.startswith("clazar-dest/")
+    assert sent["x-trace"] == "t-1"
+    assert "idempotency-key" not in sent
+
+
+def test_the_idempotency_key_is_sent_only_when_given(sim, token):
+    spec = spec_for(sim.url, "create_listing", LISTING)
+    send(spec, token, idempotency_key="delivery-41")
+    send(spec, token, idempotency_key=None)
+    first, second = sim.requests_log(path="/listings/")
+    assert first["headers"]["idempotency-key"] == "delivery-41"
+    assert "idempotency-key" not in second["headers"]
+
+
+def test_a_delete_sends_no_content_type(sim, token):
+    spec = spec_for(sim.url, "delete_private_offer", None, seed_offer(sim)["id"])
+    send(spec, token)
+    assert "content-type" not in sim.requests_log(method="DELETE")[0]["headers"]
+
+
+def test_the_authorization_header_is_never_kept_unredacted(sim, token):
+    result = send(spec_for(sim.url, "create_listing", LISTING), token)
+    assert result.status == 201
+    assert result.request_headers["Authorization"] == "Bearer ****"
+    assert token not in repr(result)
+    assert token not in json.dumps(result.request_headers)
+
+
+def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(sim, token):
+    spec = RequestSpec("POST", f"{sim.url}/listings/", b"{}", (1,), headers=(("X-A", "b\r\nHost: evil"),))
+    result = send(spec, token)
+    assert (result.error_kind, result.status, result.sent) == ("invalid", None, False)
+    assert sim.requests_log() == []
+
+
+# -- failures ------------------------------------------------------------------------------------------
+
+
+def test_a_refused_connection_is_a_connect_error_and_any_method_retries(token):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = spec_for(f"http://127.0.0.1:{port}", "create_listing", LISTING)
+    for session in (transport.new_session(), requests.Session()):
+        result = send(spec, token, session=session)
+        assert result.error_kind == "connect"
+        assert "connection refused" in result.error and "Nothing was sent" in result.error
+        assert outcome_of(result, spec).action == "retry"
+
+
+def test_a_failed_tls_handshake_means_nothing_was_sent(tiny, token):
+    received = []
+
+    def not_tls(conn: socket.socket) -> None:
+        received.append(conn.recv(4096))
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    server = tiny(not_tls)
+    spec = spec_for(server.url.replace("http://", "https://"), "create_listing", LISTING)
+    result = send(spec, token)
+    assert (result.error_kind, result.sent) == ("connect", False)
+    assert "TLS handshake failed" in result.error
+    assert outcome_of(result, spec).action == "retry"
+    assert b"Data Platform" not in b"".join(received)  # only a TLS hello reached the server
+
+
+def test_a_connection_dropped_after_a_create_is_unknown_and_the_object_was_created(sim, token):
+    sim.add_fault("drop", route="create_listing")
+    spec = spec_for(sim.url, "create_listing", LISTING)
+    result = send(spec, token)
+    assert (result.status, result.error_kind, result.sent) == (None, "sent_then_failed", True)
+    assert "may have received it" in result.error
+    outcome = outcome_of(result, spec)
+    assert outcome.action == "unknown"
+    assert [o["name"] for o in sim.objects("listings")] == ["Data Platform"]
+
+
+def test_a_dropped_update_is_retried(sim, token):
+    listing = sim.seed(listings=[LISTING])["listings"][0]
+    sim.add_fault("drop", route="update_listing")
+    spec = spec_for(sim.url, "update_listing", {"name": "B"}, listing["id"])
+    result = send(spec, token)
+    assert result.error_kind == "sent_then_failed"
+    assert outcome_of(result, spec).action == "retry"
+
+
+def test_a_redirect_is_not_followed_and_its_location_is_named(sim, token, tiny):
+    elsewhere = tiny(lambda conn: conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}"))
+    sim.add_fault("redirect", route="create_listing", location=f"{elsewhere.url}/listings/?token=abc")
+    spec = spec_for(sim.url, "create_listing", LISTING)
+    result = send(spec, token)
+    assert (result.status, result.error_kind) == (302, "redirect")
+    assert f"{elsewhere.url}/listings/?token=****" in result.error
+    outcome = outcome_of(result, spec)
+    assert outcome.action == "permanent"
+    assert f"redirect to {elsewhere.url}/listings/" in outcome.message
+    time.sleep(0.1)
+    assert elsewhere.connections == 0
+
+
+def test_a_hang_past_the_read_timeout_is_a_read_timeout(sim, token):
+    sim.add_fault("hang", route="update_listing", seconds=3)
+    listing = sim.seed(listings=[LISTING])["listings"][0]
+    spec = spec_for(sim.url, "update_listing", {"name": "B"}, listing["id"])
+    result = send(spec, token, read_timeout=0.3, deadline=5)
+    assert (result.status, result.error_kind) == (None, "read_timeout")
+    assert result.duration_ms < 2000
+    assert outcome_of(result, spec).action == "retry"
+
+
+def test_a_hang_hits_the_total_deadline(sim, token):
+    sim.add_fault("hang", route="create_listing", seconds=3)
+    spec = spec_for(sim.url, "create_listing", LISTING)
+    result = send(spec, token, read_timeout=5, deadline=0.5)
+    assert (result.status, result.error_kind) == (None, "deadline")
+    assert 400 <= result.duration_ms < 2000
+    assert outcome_of(result, spec).action == "unknown"
+
+
+def trickle_body(conn: socket.socket) -> None:
+    read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    for _ in range(1000):
+        conn.sendall(b" ")
+        time.sleep(0.05)
+
+
+def trickle_status_line(conn: socket.socket) -> None:
+    read_request(conn)
+    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
+        conn.sendall(bytes([byte]))
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("handler", "status"), [(trickle_body, 200), (trickle_status_line, None)])
+def test_a_server_trickling_bytes_can_not_hold_a_worker_past_the_deadline(tiny, token, handler, status):
+    server = tiny(handler)
+    spec = RequestSpec("PUT", f"{server.url}/listings/1/", b"{}", (1,), target_id="1")
+    result = send(spec, token, read_timeout=0.5, deadline=1.0)
+    assert (result.status, result.error_kind) == (status, "deadline")
+    assert result.duration_ms < 1800
+
+
+def test_a_huge_answer_is_capped_and_the_created_id_still_comes_from_location(sim, token):
+    sim.add_fault("huge", route="create_listing", size=3_000_000)
+    spec = spec_for(sim.url, "create_listing", LISTING)
+    result = send(spec, token, max_body=20_000)
+    assert (result.status, result.error_kind, result.truncated) == (201, "too_large", True)
+    assert len(result.body) == 20_000
+    assert result.json is None
+    outcome = outcome_of(result, spec)
+    assert outcome.action == "done"
+    assert outcome.created_id == sim.objects("listings")[0]["id"]
+
+
+def test_reading_a_huge_answer_keeps_memory_bounded_and_drops_the_connection(tiny, token):
+    block = b"x" * 65_536
+    written = []
+
+    def endless(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+        )
+        total = 0
+        try:
+            for _ in range(1600):
+                conn.sendall(block)
+                total += len(block)
+        finally:
+            written.append(total)
+
+    server = tiny(endless)
+    spec = RequestSpec("PUT", f"{server.url}/listings/1/", b"{}", (1,))
+    tracemalloc.start()
+    try:
+        result = send(spec, token, max_body=20_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (result.status, result.error_kind, result.truncated, len(result.body)) == (
+        200,
+        "too_large",
+        True,
+        20_000,
+    )
+    assert peak < 2_000_000
+    deadline = time.monotonic() + 3
+    while not written and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert written and written[0] < 100 * 1024 * 1024
+
+
+def test_a_malformed_2xx_is_reported_and_still_done(sim, token):
+    listing = sim.seed(listings=[LISTING])["listings"][0]
+    sim.add_fault("malformed", route="update_listing")
+    spec = spec_for(sim.url, "update_listing", {"name": "B"}, listing["id"])
+    result = send(spec, token)
+    assert (result.status, result.error_kind, result.json) == (200, "malformed", None)
+    assert outcome_of(result, spec).action == "done"
+
+
+def test_a_server_error_on_a_create_is_unknown_but_on_an_update_is_retried(sim, token):
+    sim.add_fault("error", route="create_listing", status=503)
+    spec = spec_for(sim.url, "create_listing", LISTING)
+    assert outcome_of(send(spec, token), spec).action == "unknown"
+    listing = sim.seed(listings=[LISTING])["listings"][0]
+    sim.add_fault("error", route="update_listing", status=502)
+    spec = spec_for(sim.url, "update_listing", {"name": "B"}, listing["id"])
+    assert outcome_of(send(spec, token), spec).action == "retry"
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pw@api.clazar.io/listings/?page=2", "https://api.clazar.io/listings/?page=2"),
+        (
+            "https://api.clazar.io/x/?access_token=abc&name=A#frag",
+            "https://api.clazar.io/x/?access_token=****&name=A",
+        ),
+        (
+            "https://api.clazar.io/x/?sig=1&api_key=k&code=c",
+            "https://api.clazar.io/x/?sig=****&api_key=****&code=****",
+        ),
+        ("https://api.clazar.io/x/?v=eyJhbGciOi.eyJzdWIiOiIx.c2ln", "https://api.clazar.io/x/?v=****"),
+        ("http://[::1]:8010/listings/", "http://[::1]:8010/listings/"),
+    ],
+)
+def test_sanitize_url_drops_userinfo_and_secret_query_values(url, shown):
+    assert transport.sanitize_url(url) == shown
+
+
+def test_sessions_are_kept_per_credential_and_bounded():
+    transport.close_sessions()
+    first = transport.session_for("a")
+    assert transport.session_for("a") is first
+    for number in range(transport.MAX_SESSIONS + 5):
+        transport.session_for(f"k{number}")
+    assert transport.session_for("a") is not first
+    transport.close_sessions()
+
+
+def test_a_kept_alive_connection_is_reused(sim, token):
+    session = transport.new_session()
+    spec = spec_for(sim.url, "create_listing", LISTING)
+    for _ in range(3):
+        assert send(spec, token, session=session).status == 201
+    pools = session.get_adapter(sim.url).poolmanager.pools
+    assert [pools[key].num_connections for key in pools.keys()] == [1]  # noqa: SIM118 (not iterable)
