@@ -155,6 +155,38 @@ CELERY_SWEEP_SECONDS = ep.parse_int(ENV, "CELERY_SWEEP_SECONDS", 5, minimum=1, m
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {"sweep": {"task": "flows.sweep", "schedule": float(CELERY_SWEEP_SECONDS)}}
 
+# The delivery engine (flows/delivery.py, DESIGN.md section 6).
+# Requests in flight at once per deliver task (threads; each holds one database connection while it runs).
+DELIVERY_THREADS = ep.parse_int(ENV, "DELIVERY_THREADS", 8, minimum=1, maximum=64)
+# How long a claimed delivery is held before the sweeper resolves it; longer than one whole call.
+DELIVERY_LEASE_SECONDS = ep.parse_int(
+    ENV, "DELIVERY_LEASE_SECONDS", CLAZAR_DEADLINE + 30, minimum=CLAZAR_DEADLINE + 1, maximum=86_400
+)
+# Records planned into deliveries per transaction.
+DELIVERY_PLAN_CHUNK = ep.parse_int(ENV, "DELIVERY_PLAN_CHUNK", 1000, minimum=1, maximum=100_000)
+# A deliver task hands over (and wakes itself again) after this long, so destinations take turns.
+DELIVERY_SLICE_SECONDS = ep.parse_int(ENV, "DELIVERY_SLICE_SECONDS", 60, minimum=1, maximum=3600)
+# Share of a credential's rate limit the engine uses: the rest absorbs clock and network jitter.
+DELIVERY_RATE_USE_PERCENT = ep.parse_int(ENV, "DELIVERY_RATE_USE_PERCENT", 97, minimum=10, maximum=100)
+# Circuit breaker: consecutive server-side failures that auto-pause a destination, and probe interval.
+DELIVERY_BREAKER_FAILURES = ep.parse_int(ENV, "DELIVERY_BREAKER_FAILURES", 10, minimum=1, maximum=10_000)
+DELIVERY_PROBE_SECONDS = ep.parse_int(ENV, "DELIVERY_PROBE_SECONDS", 60, minimum=1, maximum=86_400)
+# Lookups that may fail (Clazar unreachable) before an unknown outcome is handed to a person.
+DELIVERY_RECONCILE_TRIES = ep.parse_int(ENV, "DELIVERY_RECONCILE_TRIES", 10, minimum=1, maximum=1000)
+
+# Nexset sources (flows/imports.py, flows/views/hooks.py): upload and webhook limits.
+UPLOAD_MAX_BYTES = ep.parse_int(ENV, "UPLOAD_MAX_BYTES", 1024**3, minimum=1024, maximum=100 * 1024**3)
+UPLOAD_MAX_ROWS = ep.parse_int(ENV, "UPLOAD_MAX_ROWS", 5_000_000, minimum=1, maximum=1_000_000_000)
+UPLOAD_MAX_RECORD_CHARS = ep.parse_int(
+    ENV, "UPLOAD_MAX_RECORD_CHARS", 262_144, minimum=1024, maximum=64 * 1024**2
+)
+WEBHOOK_MAX_BYTES = ep.parse_int(ENV, "WEBHOOK_MAX_BYTES", 1024**2, minimum=1024, maximum=100 * 1024**2)
+WEBHOOK_MAX_RECORDS = ep.parse_int(ENV, "WEBHOOK_MAX_RECORDS", 1000, minimum=1, maximum=100_000)
+WEBHOOK_TOLERANCE_SECONDS = ep.parse_int(ENV, "WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1, maximum=86_400)
+WEBHOOK_SECRET_GRACE_SECONDS = ep.parse_int(
+    ENV, "WEBHOOK_SECRET_GRACE_SECONDS", 86_400, minimum=0, maximum=30 * 86_400
+)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},

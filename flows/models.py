@@ -224,7 +224,9 @@ class Destination(Stamped):
     """Where a Nexset's records go. ``config`` is read and written only through ``DestinationConfig``.
 
     status: draft -> active <-> paused; active -> auto_paused (circuit breaker, reason kept) -> active.
-    ``cursor`` is the highest record seq already planned into deliveries.
+    ``cursor`` is the highest record seq already planned into deliveries. ``failures`` counts consecutive
+    server-side failures; at DELIVERY_BREAKER_FAILURES the destination is auto-paused and ``probe_at`` says
+    when the sweeper next sends one delivery to see whether Clazar is back (flows/delivery.py).
     """
 
     class Status(models.TextChoices):
@@ -242,6 +244,12 @@ class Destination(Stamped):
     paused_reason = models.TextField(blank=True)
     cursor = models.PositiveBigIntegerField(default=0)
     activated_at = models.DateTimeField(null=True, blank=True)
+    failures = models.PositiveIntegerField(
+        default=0, help_text="Consecutive server-side failures, for the circuit breaker."
+    )
+    probe_at = models.DateTimeField(
+        null=True, blank=True, help_text="When an auto-paused destination next tries one delivery."
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 
     class Meta:
@@ -266,6 +274,11 @@ class Delivery(Stamped):
     state: queued -> sending -> succeeded | retry_scheduled | unknown | needs_attention | failed | exhausted;
     retry_scheduled -> queued when due; unknown -> succeeded | needs_attention after reconciling;
     queued | retry_scheduled | needs_attention -> cancelled by an operator.
+    A record the request builder refuses is planned straight into ``failed`` with the reason.
+
+    Claimable: ``queued`` or ``retry_scheduled`` with ``next_attempt_at`` due, and (when ``target_id`` is
+    set) no older open delivery of the same destination and target. ``sending`` holds a lease
+    (``lease_until``); the sweeper resolves expired ones. ``attempts`` counts claims.
     """
 
     class State(models.TextChoices):
@@ -293,7 +306,13 @@ class Delivery(Stamped):
     url = models.CharField(max_length=2000)
     body = models.BinaryField(null=True, blank=True, help_text="The request body as planned (no secrets).")
     target_id = models.CharField(max_length=255, blank=True, help_text="The object it changes, for ordering.")
+    endpoint = models.CharField(
+        max_length=40, blank=True, help_text="The catalog key it was planned with; blank for Advanced."
+    )
     created_object_id = models.CharField(max_length=255, blank=True)
+    checks = models.PositiveSmallIntegerField(
+        default=0, help_text="Lookups made to settle an unknown outcome."
+    )
     last_status = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -304,6 +323,18 @@ class Delivery(Stamped):
         indexes = [
             models.Index(fields=["destination", "state", "next_attempt_at"], name="delivery_due"),
             models.Index(fields=["destination", "target_id", "id"], name="delivery_target_order"),
+            models.Index(fields=["state", "next_attempt_at"], name="delivery_state_due"),
+            # Dashboard and history: capped counts per state, last error, state-filtered pages.
+            models.Index(
+                fields=["destination", "state", "id"], condition=Q(is_test=False), name="delivery_history"
+            ),
+            # Dashboard: delivery rate, outcome chart and the live succeeded count (index-only on PostgreSQL).
+            models.Index(
+                fields=["destination", "finished_at"],
+                include=["state"],
+                condition=Q(is_test=False, finished_at__isnull=False),
+                name="delivery_finished",
+            ),
         ]
         constraints = [models.CheckConstraint(condition=Q(attempts__gte=0), name="delivery_attempts_ge_0")]
 
@@ -355,6 +386,16 @@ class Attempt(models.Model):
     class Meta:
         ordering = ["delivery", "number"]
         constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="attempt_unique_number")]
+
+
+class RateBudget(models.Model):
+    """The shared request budget of one credential when there is no Redis (flows/ratelimit.py): the GCRA
+    "theoretical arrival time" in seconds since the epoch, updated under the row lock."""
+
+    credential = models.OneToOneField(
+        Credential, primary_key=True, on_delete=models.CASCADE, related_name="budget"
+    )
+    tat = models.FloatField(default=0.0)
 
 
 class AuditEvent(models.Model):

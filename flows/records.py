@@ -31,4 +31,8 @@ def append(nexset_id: int, rows: Sequence[dict[str, Any]], refs: Sequence[str | 
         nexset.record_count += len(rows)
         nexset.last_record_at = timezone.now()
         nexset.save(update_fields=["schema", "last_seq", "record_count", "last_record_at", "updated_at"])
+        if rows:
+            from flows.tasks import wake_nexset
+
+            wake_nexset(nexset_id)  # after commit: active destinations deliver the new records
     return len(rows)

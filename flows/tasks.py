@@ -5,21 +5,88 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db.models import Count
-
-from flows.models import Delivery
+from django.core.cache import cache
+from django.db import transaction
 
 log = logging.getLogger(__name__)
+
+# Wake-ups for one destination caused by new records are coalesced over this many seconds: a burst of
+# webhook messages sends one wake-up. A deliver loop clears the mark before it stops (``rearm``) and looks
+# once more, so a record arriving as it ends is not left for the sweeper.
+WAKE_COALESCE_SECONDS = 2
 
 
 @shared_task(name="flows.sweep", ignore_result=True)
 def sweep() -> dict[str, int]:
-    """Periodic sweep (beat). For now it reports open deliveries; the engine adds re-queueing and planning."""
-    counts = dict(
-        Delivery.objects.filter(state__in=Delivery.OPEN_STATES)
-        .values_list("state")
-        .annotate(n=Count("id"))
-        .values_list("state", "n")
-    )
-    log.info("sweep: open deliveries %s", counts or "none")
-    return counts
+    """Periodic sweep (beat): expired leases, due retries, wake-ups (flows/delivery/sweeper.py)."""
+    from flows import delivery
+
+    return delivery.sweep()
+
+
+@shared_task(name="flows.deliver", ignore_result=True)
+def deliver(destination_id: int) -> dict[str, int]:
+    """Wake-up for one destination: plan new records, then claim and send what is due. A duplicate
+    message finds nothing to claim."""
+    from flows import delivery
+
+    tally = delivery.run(destination_id)
+    log.info("deliver %s: %s", destination_id, dict(tally) or "nothing due")
+    return dict(tally)
+
+
+def wake(destination_id: int) -> None:
+    """Enqueue ``flows.deliver`` for the destination once the current transaction commits."""
+    transaction.on_commit(lambda: _send(destination_id))
+
+
+def wake_nexset(nexset_id: int) -> None:
+    """After records were added to a Nexset: wake its active destinations (coalesced), after commit."""
+
+    def send() -> None:
+        from flows.models import Destination
+
+        ids = Destination.objects.filter(nexset_id=nexset_id, status=Destination.Status.ACTIVE).values_list(
+            "id", flat=True
+        )
+        for destination_id in ids:
+            try:
+                fresh = cache.add(_wake_key(destination_id), 1, timeout=WAKE_COALESCE_SECONDS)
+            except Exception:  # a cache outage only costs a duplicate wake-up
+                fresh = True
+            if fresh:
+                _send(destination_id)
+
+    transaction.on_commit(send)
+
+
+def rearm(destination_id: int) -> None:
+    """A deliver loop about to stop: the next new record must wake the destination again, not be
+    coalesced into the wake-up that is ending. The loop looks for work once more after this."""
+    try:
+        cache.delete(_wake_key(destination_id))
+    except Exception:
+        log.warning(
+            "could not clear the wake-up mark of destination %s; the sweeper covers it", destination_id
+        )
+
+
+def _wake_key(destination_id: int) -> str:
+    return f"flows:wake:{destination_id}"
+
+
+def _send(destination_id: int) -> None:
+    """Publish a wake-up; if the broker is down, the sweeper sends one later (nothing is lost)."""
+    try:
+        deliver.delay(destination_id)
+    except Exception:
+        log.warning("could not enqueue flows.deliver for destination %s; the sweeper will", destination_id)
+
+
+@shared_task(name="flows.run_import", ignore_result=True)
+def run_import(import_id: int) -> str:
+    """Run a queued file import (flows/imports.py); a duplicate message finds nothing queued."""
+    from flows import imports
+
+    imp = imports.run(import_id)
+    return imp.status if imp is not None else "skipped"

@@ -1,12 +1,54 @@
 from django.urls import path
 
-from flows.views import credentials, pages, users
+from flows.views import credentials, dashboard, destinations, history, hooks, nexsets, pages, users
 
 urlpatterns = [
-    path("", pages.dashboard, name="dashboard"),
+    path("", dashboard.dashboard, name="dashboard"),
     path("healthz", pages.healthz, name="healthz"),
     path("nexsets/", pages.nexset_list, name="nexset_list"),
+    path("nexsets/upload/", nexsets.nexset_upload, name="nexset_upload"),
+    path("nexsets/webhook/new/", nexsets.nexset_webhook_new, name="nexset_webhook_new"),
+    path("nexsets/<uuid:uuid>/", nexsets.nexset_detail, name="nexset_detail"),
+    path("nexsets/<uuid:uuid>/records/<int:seq>/", nexsets.nexset_record, name="nexset_record"),
+    path("nexsets/<uuid:uuid>/webhook/rotate/", nexsets.nexset_webhook_rotate, name="nexset_webhook_rotate"),
+    path("nexsets/<uuid:uuid>/delete/", nexsets.nexset_delete, name="nexset_delete"),
+    path("imports/<uuid:uuid>/", nexsets.nexset_import, name="nexset_import"),
+    path("hooks/<str:code>/", hooks.hook, name="hook"),
     path("destinations/", pages.destination_list, name="destination_list"),
+    path("destinations/new/", destinations.destination_new, name="destination_new"),
+    path(
+        "destinations/new/credential/",
+        destinations.destination_new_credential,
+        name="destination_new_credential",
+    ),
+    path("destinations/<uuid:uuid>/", destinations.destination_detail, name="destination_detail"),
+    path("destinations/<uuid:uuid>/edit/", destinations.destination_edit, name="destination_edit"),
+    path("destinations/<uuid:uuid>/preview/", destinations.destination_preview, name="destination_preview"),
+    path(
+        "destinations/<uuid:uuid>/test-send/",
+        destinations.destination_test_send,
+        name="destination_test_send",
+    ),
+    path("destinations/<uuid:uuid>/clone/", destinations.destination_clone, name="destination_clone"),
+    path("destinations/<uuid:uuid>/activate/", dashboard.destination_activate, name="destination_activate"),
+    path(
+        "destinations/<uuid:uuid>/deactivate/",
+        dashboard.destination_deactivate,
+        name="destination_deactivate",
+    ),
+    path("destinations/<uuid:uuid>/history/", history.destination_history, name="destination_history"),
+    path(
+        "destinations/<uuid:uuid>/history.csv",
+        history.destination_history_csv,
+        name="destination_history_csv",
+    ),
+    path("destinations/<uuid:uuid>/history/bulk/", history.destination_bulk, name="destination_bulk"),
+    path("deliveries/<uuid:uuid>/", history.delivery_detail, name="delivery_detail"),
+    path("deliveries/<uuid:uuid>/retry/", history.delivery_retry, name="delivery_retry"),
+    path("deliveries/<uuid:uuid>/replay/", history.delivery_replay, name="delivery_replay"),
+    path("deliveries/<uuid:uuid>/cancel/", history.delivery_cancel, name="delivery_cancel"),
+    path("deliveries/<uuid:uuid>/created/", history.delivery_mark_created, name="delivery_mark_created"),
+    path("deliveries/<uuid:uuid>/send-again/", history.delivery_send_again, name="delivery_send_again"),
     path("credentials/", credentials.credential_list, name="credential_list"),
     path("credentials/new/", credentials.credential_new, name="credential_new"),
     path("credentials/<uuid:uuid>/", credentials.credential_edit, name="credential_edit"),

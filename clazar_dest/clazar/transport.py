@@ -237,6 +237,7 @@ def new_session(pool_size: int = 8) -> requests.Session:
     """A keep-alive session with the watched adapter and no cookies (it is shared by threads, so no
     shared cookie state)."""
     session = requests.Session()
+    session.trust_env = False  # no proxies or .netrc from the environment: calls go to the API base only
     adapter = _Adapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -132,6 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ClazarSimulator/1.0"
     timeout = 60  # seconds an idle keep-alive connection may stay open
+    # Answer at once: with Nagle on, every keep-alive request waits ~40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: _Server
 
     def version_string(self) -> str:

@@ -1,15 +1,16 @@
-"""Pages for everyone with a role: dashboard, lists, audit; and the health check."""
+"""Pages for everyone with a role: lists and audit; and the health check. The dashboard is in
+``flows.views.dashboard``."""
 
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from flows.models import AuditEvent, Credential, Delivery, Destination, Nexset, SalesforceConnection
+from flows.models import AuditEvent, Destination, Nexset, SalesforceConnection
 from flows.roles import ADMIN, VIEWER, role_required
 
 
@@ -19,32 +20,6 @@ def healthz(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return HttpResponse("ok", content_type="text/plain")
-
-
-@role_required(VIEWER)
-def dashboard(request: HttpRequest) -> HttpResponse:
-    destinations = Destination.objects.select_related("nexset", "credential").annotate(
-        queued=Count(
-            "deliveries", filter=Q(deliveries__state__in=Delivery.OPEN_STATES, deliveries__is_test=False)
-        ),
-        succeeded=Count("deliveries", filter=Q(deliveries__state="succeeded", deliveries__is_test=False)),
-        problems=Count(
-            "deliveries",
-            filter=Q(
-                deliveries__state__in=["failed", "exhausted", "needs_attention"], deliveries__is_test=False
-            ),
-        ),
-    )
-    context = {
-        "destinations": destinations,
-        "rejected_credentials": Credential.objects.filter(status=Credential.Status.REJECTED),
-        "auto_paused": [d for d in destinations if d.status == Destination.Status.AUTO_PAUSED],
-        "needs_attention": Delivery.objects.filter(state=Delivery.State.NEEDS_ATTENTION).count(),
-        "salesforce": SalesforceConnection.objects.first(),
-        "nexset_count": Nexset.objects.count(),
-        "credential_count": Credential.objects.count(),
-    }
-    return render(request, "dashboard.html", context)
 
 
 @role_required(VIEWER)

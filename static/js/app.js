@@ -51,3 +51,83 @@
     toast("The request timed out. Try again.", "error");
   });
 })();
+
+// Destination wizard: attribute pickers, JSON checks in test mode, typed confirmations.
+(function () {
+  "use strict";
+
+  document.addEventListener("change", function (event) {
+    var picker = event.target.closest && event.target.closest("select[data-macro-for]");
+    if (!picker || !picker.value) return;
+    var input = document.getElementById(picker.dataset.macroFor);
+    var macro = "{" + picker.value + "}";
+    if (picker.dataset.macroMode === "replace") {
+      input.value = macro;
+    } else {
+      var at = input.selectionStart == null ? input.value.length : input.selectionStart;
+      input.value = input.value.slice(0, at) + macro + input.value.slice(input.selectionEnd || at);
+    }
+    picker.value = "";
+    input.focus();
+    input.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+
+  function sendButton(el) {
+    var form = el.closest("form");
+    return form && form.querySelector("button[type=submit]");
+  }
+
+  function recheck(form) {
+    var button = sendButton(form);
+    if (!button) return;
+    var ok = true;
+    form.querySelectorAll("textarea[data-json]").forEach(function (area) {
+      var box = area.parentNode.querySelector(".json-error");
+      try { JSON.parse(area.value); area.classList.remove("invalid"); if (box) box.hidden = true; }
+      catch (e) { ok = false; area.classList.add("invalid"); if (box) { box.textContent = "Not valid JSON: " + e.message; box.hidden = false; } }
+    });
+    form.querySelectorAll("input[data-confirm]").forEach(function (input) {
+      if (input.value.trim() !== input.dataset.confirm) ok = false;
+    });
+    button.disabled = !ok;
+  }
+
+  document.addEventListener("input", function (event) {
+    var form = event.target.closest && event.target.closest("form.test-send");
+    if (form) recheck(form);
+  });
+})();
+
+// Edit-and-replay and activation: the submit button waits for valid JSON and for the typed confirmation
+// (the server checks both again).
+(function () {
+  "use strict";
+
+  function check(form) {
+    var button = form.querySelector("button[type=submit]");
+    if (!button) return;
+    var ok = true;
+    form.querySelectorAll("textarea[data-json]").forEach(function (area) {
+      var box = form.querySelector(".json-error");
+      try { JSON.parse(area.value); area.classList.remove("invalid"); if (box) box.hidden = true; }
+      catch (e) { ok = false; area.classList.add("invalid"); if (box) { box.textContent = "Not valid JSON: " + e.message; box.hidden = false; } }
+    });
+    form.querySelectorAll("input[data-confirm]").forEach(function (input) {
+      if (input.value.trim().replace(/,/g, "") !== input.dataset.confirm.replace(/,/g, "")) ok = false;
+    });
+    button.disabled = button.hasAttribute("data-blocked") || !ok;
+  }
+
+  var FORMS = "form.replay-form, form.activate-form";
+  document.addEventListener("input", function (event) {
+    var form = event.target.closest && event.target.closest(FORMS);
+    if (form) check(form);
+  });
+  function init(root) {
+    if (!root || !root.querySelectorAll) return;
+    if (root.matches && root.matches("form.activate-form")) check(root);
+    root.querySelectorAll("form.activate-form").forEach(check);
+  }
+  document.addEventListener("DOMContentLoaded", function () { init(document); });
+  document.addEventListener("htmx:load", function (event) { init(event.detail.elt); });
+})();

@@ -1,0 +1,56 @@
+"""Attempt rows: written as ``sending`` (and committed) before the socket opens, completed afterwards, so a
+crash mid-request leaves a visible trace instead of nothing (DESIGN.md 6.5)."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from clazar_dest.clazar.spec import RequestSpec
+from clazar_dest.clazar.transport import AttemptResult, sanitize_url
+from flows.models import Attempt, Delivery
+from flows.outcomes import Outcome
+
+BODY_CAP = 20_000
+
+OUTCOME_OF = {
+    "done": Attempt.Outcome.SUCCEEDED,
+    "retry": Attempt.Outcome.RETRY,
+    "refresh_token": Attempt.Outcome.RETRY,
+    "unknown": Attempt.Outcome.UNKNOWN,
+    "permanent": Attempt.Outcome.FAILED,
+    "exhausted": Attempt.Outcome.FAILED,
+}
+
+
+def _text(body: bytes | None) -> str:
+    if body is None:
+        return ""
+    text = body[:BODY_CAP].decode("utf-8", "replace")
+    return text + ("…" if len(body) > BODY_CAP else "")
+
+
+def open_attempt(delivery: Delivery, spec: RequestSpec, number: int) -> Attempt:
+    """Create and commit the attempt before anything is sent (one INSERT: autocommitted)."""
+    return Attempt.objects.create(
+        delivery=delivery,
+        number=number,
+        started_at=timezone.now(),
+        method=spec.method,
+        url=sanitize_url(spec.url)[:2000],
+        request_headers={name: value for name, value in spec.headers},
+        request_body=_text(spec.body),
+    )
+
+
+def close_attempt(attempt: Attempt, result: AttemptResult, outcome: Outcome) -> Attempt:
+    """Complete the attempt with what Clazar answered (or why nothing was) and what that means."""
+    attempt.finished_at = timezone.now()
+    attempt.request_headers = dict(result.request_headers)
+    attempt.status_code = result.status
+    attempt.response_headers = dict(result.headers)
+    attempt.response_body = result.body[:BODY_CAP]
+    attempt.duration_ms = result.duration_ms
+    attempt.outcome = OUTCOME_OF.get(outcome.action, Attempt.Outcome.FAILED)
+    attempt.error = " ".join(filter(None, [result.error, *result.notes]))[:5000]
+    attempt.save()
+    return attempt

@@ -1,0 +1,322 @@
+"""The deliver loop of one destination (DESIGN.md section 6): what a ``flows.deliver`` wake-up runs.
+
+``run`` plans new records, then ``process_due`` keeps a pool of threads busy: for every free thread it
+takes budget from the credential's shared bucket, claims that many due deliveries and hands them to the
+threads (``send.deliver_one``); it claims up to twice the threads, a batch at a time, so claiming is
+amortised and no thread waits for the next claim. It stops when nothing is due (a delivery blocked behind an older update of
+the same target becomes claimable when that one finishes, so the loop waits for in-flight sends before
+deciding), when the destination is no longer active (deactivate stops new sends within half a second:
+claimed deliveries not yet started are given back; in-flight requests finish and are recorded), when the credential is paused by a 429 for more than a few
+seconds, or after DELIVERY_SLICE_SECONDS, when it wakes itself again so other destinations get a turn.
+
+Threads: each holds its own database connection, closed when the pool shuts down. ``threads=0`` runs
+everything in the calling thread (tests inside a transaction use that).
+
+Circuit breaker probe: an auto-paused destination whose ``probe_at`` is due sends its oldest pending
+delivery (one worker wins the conditional update of ``probe_at``); when that does not fail server-side,
+the destination is active again and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+from django.utils import timezone
+
+from flows import audit, ratelimit
+from flows.delivery import claims, planner
+from flows.delivery.send import Context, count, deliver_one
+from flows.models import Delivery, Destination
+
+log = logging.getLogger(__name__)
+
+GATE_SECONDS = 0.5  # how stale the destination/credential status may be inside the loop
+SHORT_PAUSE = 5.0  # a 429 pause up to this long is waited out; longer ones end the run
+
+
+class Pool:
+    """A fixed set of threads running jobs from a queue; knows how many are busy."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self.finished = 0
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"deliver-{i}", daemon=True) for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def free(self) -> int:
+        """Room for more jobs: up to twice the threads may be claimed, so a claim is a batch and the
+        threads never wait for the next one. Zero until at least a thread's worth of room is free."""
+        with self._cond:
+            room = 2 * self.size - self.busy
+            return room if room >= self.size else 0
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._cond:
+            self.busy += 1
+        self._jobs.put((fn, args))
+
+    def wait_free(self, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.busy <= self.size, timeout)
+
+    def wait_progress(self, seen: int, timeout: float) -> None:
+        """Until a job finishes after ``seen`` had (or the pool is idle)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.finished != seen or self.busy == 0, timeout)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                fn, args = job
+                try:
+                    fn(*args)
+                except Exception:  # the lease expires and the sweeper resolves the delivery
+                    log.exception("deliver thread: %s failed", getattr(fn, "__name__", fn))
+                finally:
+                    with self._cond:
+                        self.busy -= 1
+                        self.finished += 1
+                        self._cond.notify_all()
+        finally:
+            connections.close_all()
+
+
+class _Inline:
+    """The pool's interface, running each job at once in the calling thread."""
+
+    size = busy = finished = 0
+
+    def free(self) -> int:
+        return 1
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        finally:
+            self.finished += 1
+
+    def wait_free(self, timeout: float) -> None:
+        return None
+
+    def wait_progress(self, seen: int, timeout: float) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class _Gate:
+    """The destination's status and the credential's pause, re-read at most every GATE_SECONDS."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.read_at = 0.0
+        self.status = ""
+        self.paused_until = None
+
+    def check(self, force: bool = False) -> tuple[bool, float]:
+        """(may send, seconds to wait first)."""
+        if self.ctx.changed.is_set():
+            self.ctx.changed.clear()
+            force = True
+        if force or time.monotonic() - self.read_at > GATE_SECONDS:
+            row = (
+                Destination.objects.filter(pk=self.ctx.destination.pk)
+                .values_list("status", "credential__paused_until", "credential__rate_limit", "failures")
+                .first()
+            )
+            if row is None:
+                return False, 0.0
+            self.status, self.paused_until, self.ctx.credential.rate_limit, failures = row
+            self.ctx.failing = self.ctx.failing or failures > 0
+            self.read_at = time.monotonic()
+        if self.status != Destination.Status.ACTIVE:
+            return False, 0.0
+        if self.paused_until is not None:
+            left = (self.paused_until - timezone.now()).total_seconds()
+            if left > 0:
+                return left <= SHORT_PAUSE, left
+        return True, 0.0
+
+
+def run(destination_id: int) -> Counter:
+    """What ``flows.deliver`` does: probe if due, plan, send what is due; wake again when time ran out."""
+    tally = process_due(destination_id)
+    if tally.get("handed_over"):
+        from flows.tasks import deliver
+
+        deliver.delay(destination_id)
+    return tally
+
+
+def process_due(
+    destination_id: int,
+    *,
+    limit: int | None = None,
+    lease_seconds: float | None = None,
+    threads: int | None = None,
+    max_seconds: float | None = None,
+) -> Counter:
+    """Plan, then claim and send due deliveries of one destination until none is due (or ``limit`` were
+    claimed, or ``max_seconds`` passed). Returns counts of the states the sends ended in, plus
+    ``claimed``, ``settled`` and ``handed_over`` (1 when time ran out with work left)."""
+    tally: Counter = Counter()
+    ctx = Context.load(destination_id)
+    if ctx is None:
+        return tally
+    lease = lease_seconds or settings.DELIVERY_LEASE_SECONDS
+    size = settings.DELIVERY_THREADS if threads is None else threads
+    stop_at = time.monotonic() + (max_seconds or settings.DELIVERY_SLICE_SECONDS)
+    if ctx.destination.status == Destination.Status.AUTO_PAUSED and not probe(ctx, lease, tally):
+        return tally
+    _plan(destination_id)
+    pool: Pool | _Inline = Pool(size) if size > 0 else _Inline()
+    gate = _Gate(ctx)
+    rearmed = False
+    try:
+        _settle_unknown(ctx, pool, lease, tally)
+        while True:
+            if time.monotonic() >= stop_at:
+                tally["handed_over"] = 1
+                break
+            go, wait = gate.check()
+            if not go:
+                ctx.halt.set()  # claimed deliveries not yet started are given back
+                if wait:
+                    tally["credential_paused"] = 1
+                break
+            if wait:  # a short 429 pause: wait it out, giving back what was claimed
+                ctx.halt.set()
+                time.sleep(min(wait, 1.0))
+                continue
+            ctx.halt.clear()
+            free = pool.free()
+            if free <= 0:
+                pool.wait_free(GATE_SECONDS)
+                continue
+            want = free if limit is None else min(free, limit - tally["claimed"])
+            if want <= 0:
+                break
+            grant = ratelimit.take(ctx.credential, want)
+            if not grant.count:
+                time.sleep(min(max(grant.wait, 0.001), GATE_SECONDS))
+                continue
+            seen = pool.finished
+            rows = claims.claim(destination_id, grant.count, lease)
+            ratelimit.refund(ctx.credential, grant.count - len(rows))
+            if not rows:
+                if _plan(destination_id):
+                    continue
+                if pool.busy:  # a send in flight may unblock the next update of its target
+                    pool.wait_progress(seen, GATE_SECONDS)
+                    continue
+                if not rearmed:  # let the next new record wake us, then look once more
+                    from flows.tasks import rearm
+
+                    rearm(destination_id)
+                    rearmed = True
+                    continue
+                break
+            rearmed = False
+            tally["claimed"] += len(rows)
+            for row in rows:
+                pool.submit(_send, row, ctx, tally)
+    finally:
+        pool.close()
+    return tally
+
+
+def _plan(destination_id: int) -> int:
+    """Plan the next chunk when records wait past the cursor (checked first without any lock)."""
+    if not planner.pending(destination_id):
+        return 0
+    return planner.plan_chunk(destination_id, settings.DELIVERY_PLAN_CHUNK)
+
+
+def _send(row: Delivery, ctx: Context, tally: Counter) -> None:
+    if ctx.halt.is_set():  # deactivated, auto-paused or rate limited since the claim: nothing sent
+        if claims.release(row):
+            ratelimit.refund(ctx.credential, 1)
+            count(tally, "released")
+        return
+    deliver_one(row, ctx, tally)
+
+
+def _settle_unknown(ctx: Context, pool: Pool | _Inline, lease: float, tally: Counter) -> None:
+    """Look up unknown outcomes that are due (after a crash, or a lookup that failed before)."""
+    from flows.delivery.reconcile import settle
+
+    rows = claims.claim_unsettled(ctx.destination.pk, max(pool.size, 1) * 4, lease)
+    for row in rows:
+        tally["settled"] += 1
+        pool.submit(settle, row, ctx)
+
+
+def probe(ctx: Context, lease: float, tally: Counter) -> bool:
+    """Send one pending delivery of an auto-paused destination whose probe is due. Returns whether the
+    destination is active again."""
+    now = timezone.now()
+    dest_id = ctx.destination.pk
+    won = Destination.objects.filter(
+        pk=dest_id, status=Destination.Status.AUTO_PAUSED, probe_at__lte=now
+    ).update(probe_at=now + timedelta(seconds=settings.DELIVERY_PROBE_SECONDS))
+    if not won:
+        return False
+    rows = claims.claim(dest_id, 1, lease, any_time=True)
+    if not rows:
+        return _resume(dest_id, "nothing was pending to test with")
+    tally["probed"] = 1
+    state = deliver_one(rows[0], ctx, tally)
+    failures = Destination.objects.values_list("failures", flat=True).get(pk=dest_id)
+    if failures:
+        log.info("destination %s: probe failed (%s); still auto-paused", ctx.destination.uuid, state)
+        return False
+    return _resume(dest_id, f"a test delivery ended {state}")
+
+
+def _resume(destination_id: int, why: str) -> bool:
+    resumed = Destination.objects.filter(pk=destination_id, status=Destination.Status.AUTO_PAUSED).update(
+        status=Destination.Status.ACTIVE,
+        paused_reason="",
+        probe_at=None,
+        failures=0,
+        updated_at=timezone.now(),
+    )
+    if resumed:
+        dest = Destination.objects.get(pk=destination_id)
+        audit.record(None, "destination.auto_resume", dest, extra={"why": why})
+        log.info("destination %s resumed by the circuit breaker probe: %s", dest.uuid, why)
+    return bool(resumed)
+
+
+def due_work(destination_id: int, now: Any = None) -> bool:
+    """Whether the destination has deliveries to send or outcomes to settle now."""
+    now = now or timezone.now()
+    return (
+        claims.sendable(destination_id, now=now).exists()
+        or claims.unsettled(destination_id, now=now).exists()
+    )

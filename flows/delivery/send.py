@@ -1,0 +1,267 @@
+"""Send one claimed delivery, record what happened and decide what comes next (DESIGN.md 6.4 to 6.7, 6.10).
+
+The order matters: the Attempt row is committed as ``sending`` before the socket opens; the answer is
+classified by ``flows.outcomes.classify``; then the attempt and the delivery are written in one
+transaction, fenced on (state, attempts) so a worker that lost its lease can't overwrite what the sweeper
+decided, except to settle an ``unknown`` the sweeper set while the answer was still on its way.
+
+Side effects after the write: a 429 pauses the whole credential until Retry-After; server-side failures
+count towards the circuit breaker (any answer from Clazar resets it); an unknown create or publish is
+looked up at once (``reconcile``); a final outcome is written to the response Nexset when the destination
+has the response webhook on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from clazar_dest.clazar.endpoints import BY_KEY
+from clazar_dest.clazar.spec import RequestSpec
+from clazar_dest.clazar.transport import AttemptResult
+from flows import audit, ratelimit
+from flows.attempts import close_attempt, open_attempt
+from flows.config import DestinationConfig, scan_headers
+from flows.models import Attempt, Credential, Delivery, Destination
+from flows.outcomes import RETRY_AFTER_MAX, RETRY_AFTER_MIN, Outcome, classify, retry_after_seconds
+from flows.sending import send_for_credential
+
+log = logging.getLogger(__name__)
+
+STATE_FOR = {
+    "done": Delivery.State.SUCCEEDED,
+    "retry": Delivery.State.RETRY_SCHEDULED,
+    "refresh_token": Delivery.State.RETRY_SCHEDULED,
+    "unknown": Delivery.State.UNKNOWN,
+    "permanent": Delivery.State.FAILED,
+    "exhausted": Delivery.State.EXHAUSTED,
+}
+FINAL = (Delivery.State.SUCCEEDED, Delivery.State.FAILED, Delivery.State.EXHAUSTED)
+_tally_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One attempt: the row (still open), what the transport saw and what it means."""
+
+    attempt: Attempt
+    result: AttemptResult
+    outcome: Outcome
+
+
+@dataclass
+class Context:
+    """What every send of one destination shares, read once per deliver task."""
+
+    destination: Destination
+    credential: Credential
+    headers: tuple[tuple[str, str], ...]
+    responses: bool
+    # Set by a send that paused the credential or tripped the breaker: the loop re-reads its gate at once.
+    changed: threading.Event = field(default_factory=threading.Event)
+    # Set by the loop when sends must stop: claimed deliveries not yet started are given back.
+    halt: threading.Event = field(default_factory=threading.Event)
+    # Whether the breaker count may be above zero (so a success must reset it): saves a write per send.
+    failing: bool = True
+
+    @classmethod
+    def load(cls, destination_id: int) -> Context | None:
+        dest = Destination.objects.select_related("credential").filter(pk=destination_id).first()
+        if dest is None:
+            return None
+        config = DestinationConfig.from_json(dest.config)
+        headers = scan_headers(config.headers)[0] if config.mode == "advanced" else ()
+        return cls(dest, dest.credential, headers, config.response_webhook)
+
+
+def unsafe(method: str, endpoint_key: str) -> bool:
+    """Whether repeating the request could do it twice: creates, publishes and any other POST."""
+    endpoint = BY_KEY.get(endpoint_key)
+    return method.upper() == "POST" or bool(endpoint and endpoint.action in ("create", "publish"))
+
+
+def exchange(delivery: Delivery, spec: RequestSpec, number: int, credential_id: int) -> Exchange:
+    """Open attempt ``number`` (committed), send ``spec`` with the credential, classify the answer. The
+    caller closes the attempt (``close_attempt``) together with its own write. Shared with Send Test Data."""
+    endpoint = BY_KEY.get(spec.endpoint)
+    risky = unsafe(spec.method, spec.endpoint)
+    attempt = open_attempt(delivery, spec, number)
+    result = send_for_credential(
+        spec, credential_id, idempotency_key=str(delivery.idempotency_key) if risky else None
+    )
+    outcome = classify(
+        method=spec.method,
+        creates_or_publishes=risky,
+        error_kind=result.error_kind,
+        status=result.status,
+        headers=result.headers,
+        body_json=result.json,
+        attempt=number,
+        now=timezone.now(),
+        refreshed=result.refreshed,
+        target_id=spec.target_id or None,
+        resource_label=endpoint.resource.replace("_", " ").rstrip("s").capitalize() if endpoint else None,
+        error=result.error,
+    )
+    return Exchange(attempt, result, outcome)
+
+
+def spec_for(delivery: Delivery, headers: tuple[tuple[str, str], ...] = ()) -> RequestSpec:
+    """The request a planned delivery sends (its seqs are not needed to send it)."""
+    body = bytes(delivery.body) if delivery.body is not None else None
+    return RequestSpec(
+        method=delivery.method,
+        url=delivery.url,
+        body=body,
+        seqs=(),
+        headers=headers,
+        target_id=delivery.target_id,
+        endpoint=delivery.endpoint,
+    )
+
+
+def deliver_one(delivery: Delivery, ctx: Context, tally: Counter | None = None) -> str:
+    """Send one claimed delivery and settle it; returns the state it ended in."""
+    ex = exchange(delivery, spec_for(delivery, ctx.headers), delivery.attempts, ctx.credential.pk)
+    state = record(delivery, ex)
+    if tally is not None:
+        count(tally, state)
+    if ex.result.status == 429:
+        pause_credential(ctx.credential, ex)
+        ctx.changed.set()
+    if breaker(ctx, ex):
+        ctx.changed.set()
+    if state == Delivery.State.UNKNOWN:
+        from flows.delivery.reconcile import settle
+
+        state = settle(delivery, ctx)
+    elif state in FINAL:
+        finished(delivery.pk, ctx)
+    return state
+
+
+def count(tally: Counter, key: str) -> None:
+    """Add one to a tally shared by the deliver threads."""
+    with _tally_lock:
+        tally[key] += 1
+
+
+def record(delivery: Delivery, ex: Exchange) -> str:
+    """Write the attempt and the delivery's new state in one transaction; return that state."""
+    now = timezone.now()
+    outcome, result = ex.outcome, ex.result
+    state = STATE_FOR.get(outcome.action, Delivery.State.FAILED)
+    fields: dict = {"state": state, "last_status": result.status, "lease_until": None, "updated_at": now}
+    if outcome.action == "done":
+        fields["created_object_id"] = (outcome.created_id or "")[:255]
+        endpoint = BY_KEY.get(delivery.endpoint)
+        lost_id = not outcome.created_id and endpoint is not None and endpoint.creates
+        fields["last_error"] = outcome.message if lost_id else ""  # "accepted, but the id is not known"
+    else:
+        fields["last_error"] = outcome.message
+    if state in FINAL:
+        fields["finished_at"] = now
+    if outcome.action == "retry":
+        fields["next_attempt_at"] = outcome.retry_at
+    elif outcome.action == "refresh_token":
+        fields["next_attempt_at"] = now + timedelta(seconds=1)
+    elif outcome.action == "unknown":
+        # Held by this worker for the lookup that follows at once.
+        fields["next_attempt_at"] = now
+        fields["lease_until"] = now + timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
+    with transaction.atomic():
+        close_attempt(ex.attempt, result, outcome)
+        mine = Delivery.objects.filter(
+            pk=delivery.pk,
+            attempts=delivery.attempts,
+            state__in=(Delivery.State.SENDING, Delivery.State.UNKNOWN),
+        ).update(**fields)
+    if not mine:
+        # The lease ran out and the sweeper queued it again (an idempotent request): leave that be.
+        log.warning(
+            "delivery %s: answer came after the lease was resolved; kept as the sweeper left it",
+            delivery.uuid,
+        )
+        return Delivery.objects.values_list("state", flat=True).get(pk=delivery.pk)
+    log.info(
+        "delivery %s attempt %s: %s %s -> %s (%s)",
+        delivery.uuid,
+        delivery.attempts,
+        delivery.method,
+        result.url,
+        result.status if result.status is not None else result.error_kind,
+        state,
+    )
+    return state
+
+
+def pause_credential(credential: Credential, ex: Exchange) -> None:
+    """A 429: stop every send of this credential until Retry-After (or the retry time chosen)."""
+    now = timezone.now()
+    header = next((v for k, v in ex.result.headers.items() if k.lower() == "retry-after"), None)
+    seconds = retry_after_seconds(header, now)
+    if seconds is None:
+        retry_at = ex.outcome.retry_at or now + timedelta(seconds=RETRY_AFTER_MIN)
+        seconds = (retry_at - now).total_seconds()
+    seconds = min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, seconds))
+    until = now + timedelta(seconds=seconds)
+    Credential.objects.filter(pk=credential.pk).filter(
+        Q(paused_until__isnull=True) | Q(paused_until__lt=until)
+    ).update(paused_until=until)
+    ratelimit.hold(credential, seconds)
+    log.warning("credential %s: HTTP 429 from Clazar; paused for %.0f s", credential.uuid, seconds)
+
+
+def breaker(ctx: Context, ex: Exchange) -> bool:
+    """Count consecutive server-side failures; auto-pause the destination at the threshold (returns
+    True then). Any answer that is not a server-side failure (2xx, 4xx, 429) resets the count."""
+    dest_id = ctx.destination.pk
+    if not ex.outcome.counts_for_breaker:
+        if ex.result.status is not None and ctx.failing:
+            Destination.objects.filter(pk=dest_id, failures__gt=0).update(failures=0)
+            ctx.failing = False
+        return False
+    ctx.failing = True
+    Destination.objects.filter(pk=dest_id).update(failures=F("failures") + 1)
+    failures = Destination.objects.values_list("failures", flat=True).get(pk=dest_id)
+    return failures >= settings.DELIVERY_BREAKER_FAILURES and trip(dest_id, failures, ex.outcome.message)
+
+
+def trip(destination_id: int, failures: int, message: str) -> bool:
+    """Auto-pause an active destination with the reason and schedule the first probe."""
+    now = timezone.now()
+    reason = (
+        f"Auto-paused after {failures} server-side failures in a row; deliveries resume by themselves when "
+        f"a test delivery succeeds (tried every {settings.DELIVERY_PROBE_SECONDS} s). The last error: "
+        f"{message}"
+    )[:5000]
+    paused = Destination.objects.filter(pk=destination_id, status=Destination.Status.ACTIVE).update(
+        status=Destination.Status.AUTO_PAUSED,
+        paused_reason=reason,
+        probe_at=now + timedelta(seconds=settings.DELIVERY_PROBE_SECONDS),
+        updated_at=now,
+    )
+    if paused:
+        dest = Destination.objects.get(pk=destination_id)
+        audit.record(
+            None, "destination.auto_pause", dest, extra={"failures": failures, "reason": message[:500]}
+        )
+        log.warning("destination %s auto-paused after %s failures: %s", dest.uuid, failures, message)
+    return bool(paused)
+
+
+def finished(delivery_id: int, ctx: Context | None = None) -> None:
+    """A delivery reached a final state: write its response record when the destination wants them."""
+    if ctx is not None and not ctx.responses:
+        return
+    from flows import responses
+
+    responses.write(delivery_id)

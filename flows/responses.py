@@ -1,0 +1,124 @@
+"""The response Nexset of a destination (DESIGN.md 6.11): each final response from Clazar becomes a record.
+
+Written when a delivery of a destination with the response webhook on reaches a final state: succeeded,
+failed or exhausted (an unknown settled by a lookup counts as succeeded). ``needs_attention`` is not final:
+it waits for a person, and whoever settles it calls ``write`` again. Records that never became a request
+(planned straight into ``failed``) have no response and write nothing.
+
+One record per delivery: ``source_ref`` is ``delivery:<id>``, unique per Nexset, so a retried write (two
+workers, a crash between the delivery's final write and this one) stores it once.
+
+The record: ``id`` (the created object's id, at the top level so a follow-up destination can use ``{id}``),
+``delivery`` (uuid), ``delivery_id``, ``destination``, ``state``, ``records`` ([{seq, source_ref}]),
+``method``, ``url`` (sanitized), ``status``, ``body`` (parsed JSON, else text, else null),
+``created_object_id``, ``attempts``, ``error``, ``created_at``, ``sent_at``, ``finished_at``. Never a
+header, a token or a secret: keys that look secret inside Clazar's body are masked too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from clazar_dest.clazar.transport import REDACTED, sanitize_url
+from flows import records
+from flows.config import DestinationConfig
+from flows.models import Attempt, Delivery, Destination, Nexset, Record
+
+log = logging.getLogger(__name__)
+
+FINAL = (Delivery.State.SUCCEEDED, Delivery.State.FAILED, Delivery.State.EXHAUSTED)
+_SECRET_KEY = re.compile(r"(?i)(token|secret|passw|api[-_]?key|authorization|credential)")
+
+
+def nexset_for(destination: Destination) -> Nexset:
+    """The destination's response Nexset, created on first use ("<destination> responses")."""
+    found = Nexset.objects.filter(feeding_destination=destination).first()
+    if found is not None:
+        return found
+    try:
+        with transaction.atomic():
+            return Nexset.objects.create(
+                name=f"{destination.name} responses"[:150],
+                kind=Nexset.Kind.RESPONSE,
+                feeding_destination=destination,
+            )
+    except IntegrityError:  # another worker created it first
+        return Nexset.objects.get(feeding_destination=destination)
+
+
+def write(delivery_id: int) -> Record | None:
+    """Append the delivery's final response to its destination's response Nexset, once. Returns the
+    record, or None when there is nothing to write (not final, a test, the webhook off)."""
+    delivery = Delivery.objects.select_related("destination").get(pk=delivery_id)
+    if delivery.is_test or delivery.state not in FINAL or not delivery.url:
+        return None
+    destination = delivery.destination
+    if not DestinationConfig.from_json(destination.config).response_webhook:
+        return None
+    nexset = nexset_for(destination)
+    ref = f"delivery:{delivery.pk}"
+    existing = Record.objects.filter(nexset=nexset, source_ref=ref).first()
+    if existing is not None:
+        return existing
+    data = build(delivery)
+    try:
+        with transaction.atomic():
+            records.append(nexset.pk, [data], [ref])
+    except IntegrityError:
+        pass  # written by another worker meanwhile
+    return Record.objects.filter(nexset=nexset, source_ref=ref).first()
+
+
+def build(delivery: Delivery) -> dict[str, Any]:
+    """The response record for a delivery (see the module docstring)."""
+    attempt = Attempt.objects.filter(delivery=delivery).order_by("-number").first()
+    covered = list(
+        Record.objects.filter(delivery_items__delivery=delivery).order_by("seq").values("seq", "source_ref")
+    )
+    return {
+        "id": delivery.created_object_id or None,
+        "delivery": str(delivery.uuid),
+        "delivery_id": delivery.pk,
+        "destination": delivery.destination.name,
+        "state": delivery.state,
+        "records": covered,
+        "method": delivery.method,
+        "url": sanitize_url(delivery.url),
+        "status": attempt.status_code if attempt else delivery.last_status,
+        "body": _body(attempt.response_body) if attempt else None,
+        "created_object_id": delivery.created_object_id or None,
+        "attempts": delivery.attempts,
+        "error": delivery.last_error or None,
+        "created_at": _iso(delivery.created_at),
+        "sent_at": _iso(attempt.started_at) if attempt else None,
+        "finished_at": _iso(delivery.finished_at),
+    }
+
+
+def _body(text: str) -> Any:
+    if not text:
+        return None
+    try:
+        return _masked(json.loads(text))
+    except ValueError:
+        return text
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v else _masked(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
