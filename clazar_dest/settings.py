@@ -55,6 +55,21 @@ CLAZAR_DEADLINE = ep.parse_int(
     ENV, "CLAZAR_DEADLINE", CLAZAR_CONNECT_TIMEOUT + CLAZAR_READ_TIMEOUT + 5, minimum=1, maximum=900
 )
 
+# Salesforce: the simulator's origin (demo and tests) is accepted as a login host and instance URL only
+# when configured. PUBLIC_URL fixes the callback URL given to Salesforce (else it follows the request).
+SALESFORCE_SIMULATOR_URL = ep.parse_url(ENV, "SALESFORCE_SIMULATOR_URL", schemes=("http", "https"))
+if SALESFORCE_SIMULATOR_URL:
+    SALESFORCE_SIMULATOR_URL = ep.parse_origin(SALESFORCE_SIMULATOR_URL, "SALESFORCE_SIMULATOR_URL")
+PUBLIC_URL = ep.parse_url(ENV, "PUBLIC_URL", schemes=("http", "https"))
+if PUBLIC_URL:
+    PUBLIC_URL = ep.parse_origin(PUBLIC_URL, "PUBLIC_URL")
+SALESFORCE_CONNECT_TIMEOUT = ep.parse_int(ENV, "SALESFORCE_CONNECT_TIMEOUT", 5, minimum=1, maximum=120)
+SALESFORCE_READ_TIMEOUT = ep.parse_int(ENV, "SALESFORCE_READ_TIMEOUT", 60, minimum=1, maximum=600)
+# A pull stops with a clear message past this many records (protects the database from a runaway filter).
+SALESFORCE_PULL_MAX_RECORDS = ep.parse_int(
+    ENV, "SALESFORCE_PULL_MAX_RECORDS", 1_000_000, minimum=1, maximum=50_000_000
+)
+
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -153,7 +168,10 @@ else:
     }
 CELERY_SWEEP_SECONDS = ep.parse_int(ENV, "CELERY_SWEEP_SECONDS", 5, minimum=1, maximum=3600)
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE = {"sweep": {"task": "flows.sweep", "schedule": float(CELERY_SWEEP_SECONDS)}}
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "flows.sweep", "schedule": float(CELERY_SWEEP_SECONDS)},
+    "salesforce-pulls": {"task": "flows.salesforce_due", "schedule": 60.0},
+}
 
 # The delivery engine (flows/delivery.py, DESIGN.md section 6).
 # Requests in flight at once per deliver task (threads; each holds one database connection while it runs).

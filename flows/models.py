@@ -104,12 +104,51 @@ class SalesforceConnection(Stamped):
     connected_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    refreshed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["singleton"], name="one_salesforce_connection"),
             models.CheckConstraint(condition=Q(singleton=True), name="salesforce_connection_singleton"),
         ]
+
+
+class SalesforcePending(Stamped):
+    """Tokens for a *different* org, held (encrypted) while an Admin confirms the switch. At most one row;
+    it expires after a few minutes, and cancelling revokes the tokens at Salesforce."""
+
+    singleton = models.BooleanField(default=True, editable=False)
+    environment = models.CharField(max_length=12, choices=SalesforceApp.Environment)
+    instance_url = models.URLField(max_length=300)
+    org_id = models.CharField(max_length=18)
+    org_name = models.CharField(max_length=200, blank=True)
+    user_id = models.CharField(max_length=18, blank=True)
+    username = models.CharField(max_length=200, blank=True)
+    access_token = EncryptedTextField()
+    refresh_token = EncryptedTextField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["singleton"], name="one_salesforce_pending"),
+            models.CheckConstraint(condition=Q(singleton=True), name="salesforce_pending_singleton"),
+        ]
+
+
+class SalesforceUserLink(Stamped):
+    """One app user's own Salesforce login (for actions that write to Salesforce as that person)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="salesforce_link"
+    )
+    org_id = models.CharField(max_length=18)
+    sf_user_id = models.CharField(max_length=18)
+    username = models.CharField(max_length=200, blank=True)
+    instance_url = models.URLField(max_length=300)
+    access_token = EncryptedTextField()
+    refresh_token = EncryptedTextField()
 
 
 class Nexset(Stamped):
@@ -141,6 +180,12 @@ class Nexset(Stamped):
     )
     feeding_destination = models.OneToOneField(
         "Destination", null=True, blank=True, on_delete=models.SET_NULL, related_name="response_nexset"
+    )
+    next_pull_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="Salesforce: when the schedule pulls next."
+    )
+    pull_watermark = models.DateTimeField(
+        null=True, blank=True, help_text="Salesforce: the newest SystemModstamp pulled so far."
     )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 

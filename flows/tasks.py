@@ -90,3 +90,20 @@ def run_import(import_id: int) -> str:
 
     imp = imports.run(import_id)
     return imp.status if imp is not None else "skipped"
+
+
+@shared_task(name="flows.salesforce_pull", ignore_result=True)
+def salesforce_pull(import_id: int) -> str:
+    """Run a queued Salesforce pull (flows/salesforce/pull.py); a duplicate message finds nothing queued."""
+    from flows.salesforce import pull
+
+    imp = pull.run(import_id)
+    return imp.status if imp is not None else "skipped"
+
+
+@shared_task(name="flows.salesforce_due", ignore_result=True)
+def salesforce_due() -> int:
+    """Beat: queue the scheduled Salesforce pulls that are due."""
+    from flows.salesforce import pull
+
+    return len(pull.due())

@@ -24,14 +24,11 @@ being refreshed on every call.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -39,6 +36,7 @@ from django.utils import timezone
 
 from clazar_dest.clazar import transport
 from clazar_dest.clazar.auth import AuthError, Token, fetch_token
+from flows.locks import file_lock
 from flows.models import Credential
 
 log = logging.getLogger(__name__)
@@ -161,29 +159,12 @@ def _exclusive(credential_id: int) -> Iterator[Credential]:
             yield Credential.objects.get(pk=credential_id)
 
 
-@contextmanager
-def _file_lock(credential_id: int) -> Iterator[None]:
-    import fcntl  # POSIX only, like the embedded SQLite deployment it serves
-
-    database = str(connection.settings_dict["NAME"])
-    tag = hashlib.sha256(database.encode()).hexdigest()[:12]
-    folder = Path(settings.DATA_DIR) / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
+def _file_lock(credential_id: int) -> AbstractContextManager[None]:
     wait = settings.CLAZAR_CONNECT_TIMEOUT + settings.CLAZAR_READ_TIMEOUT + 10
-    with open(folder / f"clazar-token-{tag}-{credential_id}.lock", "a+b") as handle:
-        give_up = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > give_up:
-                    raise AuthError(
-                        "timeout",
-                        f"Another worker has been fetching a Clazar token for over {wait} s; try again.",
-                    ) from None
-                time.sleep(0.01)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(
+        f"clazar-token-{credential_id}",
+        wait=wait,
+        on_timeout=lambda: AuthError(
+            "timeout", f"Another worker has been fetching a Clazar token for over {wait} s; try again."
+        ),
+    )

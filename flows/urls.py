@@ -1,6 +1,17 @@
 from django.urls import path
 
-from flows.views import credentials, dashboard, destinations, history, hooks, nexsets, pages, users
+from flows.views import (
+    credentials,
+    dashboard,
+    destinations,
+    history,
+    hooks,
+    nexsets,
+    pages,
+    salesforce,
+    sfnexsets,
+    users,
+)
 
 urlpatterns = [
     path("", dashboard.dashboard, name="dashboard"),
@@ -54,7 +65,28 @@ urlpatterns = [
     path("credentials/<uuid:uuid>/", credentials.credential_edit, name="credential_edit"),
     path("credentials/<uuid:uuid>/test/", credentials.credential_test, name="credential_test"),
     path("credentials/<uuid:uuid>/delete/", credentials.credential_delete, name="credential_delete"),
-    path("salesforce/", pages.salesforce, name="salesforce"),
+    path("salesforce/", salesforce.salesforce, name="salesforce"),
+    path("salesforce/app/", salesforce.salesforce_app, name="salesforce_app"),
+    path("salesforce/connect/", salesforce.salesforce_connect, name="salesforce_connect"),
+    path("salesforce/callback/", salesforce.salesforce_callback, name="salesforce_callback"),
+    path("salesforce/switch/", salesforce.salesforce_switch, name="salesforce_switch"),
+    path("salesforce/disconnect/", salesforce.salesforce_disconnect, name="salesforce_disconnect"),
+    path("salesforce/permissions/", salesforce.salesforce_permissions, name="salesforce_permissions"),
+    path("salesforce/nexsets/new/", sfnexsets.salesforce_nexset_new, name="salesforce_nexset_new"),
+    path("salesforce/fields/", sfnexsets.salesforce_fields, name="salesforce_fields"),
+    path("salesforce/filter-test/", sfnexsets.salesforce_filter_test, name="salesforce_filter_test"),
+    path("nexsets/<uuid:uuid>/salesforce/", sfnexsets.salesforce_nexset_edit, name="salesforce_nexset_edit"),
+    path(
+        "nexsets/<uuid:uuid>/salesforce/pull/",
+        sfnexsets.salesforce_nexset_pull,
+        name="salesforce_nexset_pull",
+    ),
+    path("nexsets/<uuid:uuid>/salesforce/mapping/", sfnexsets.salesforce_mapping, name="salesforce_mapping"),
+    path(
+        "nexsets/<uuid:uuid>/salesforce/mapping/preview/",
+        sfnexsets.salesforce_mapping_preview,
+        name="salesforce_mapping_preview",
+    ),
     path("audit/", pages.audit_list, name="audit_list"),
     path("users/", users.user_list, name="user_list"),
     path("users/new/", users.user_new, name="user_new"),

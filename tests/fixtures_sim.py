@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from clazar_dest.simulators.clazar import ClazarSimulator
+from clazar_dest.simulators.salesforce import SalesforceSimulator
 
 
 @pytest.fixture
@@ -38,3 +39,33 @@ def clazar_sim_server() -> Iterator[ClazarSimulator]:
 def clazar_sim_shared(clazar_sim_server: ClazarSimulator) -> ClazarSimulator:
     clazar_sim_server.reset()
     return clazar_sim_server
+
+
+# -- Salesforce ------------------------------------------------------------------------------------
+# `sf_sim`: a fresh SalesforceSimulator (20 Accounts, 60 Opportunities) on a free loopback port for one
+# test. `sf_sim_server`: one for the whole session; `sf_sim_shared` hands it to a test after a `reset()`
+# (data re-seeded; tokens, faults, log and settings back to the defaults).
+
+
+@pytest.fixture
+def sf_sim() -> Iterator[SalesforceSimulator]:
+    sim = SalesforceSimulator().start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="session")
+def sf_sim_server() -> Iterator[SalesforceSimulator]:
+    sim = SalesforceSimulator().start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture
+def sf_sim_shared(sf_sim_server: SalesforceSimulator) -> SalesforceSimulator:
+    sf_sim_server.reset()
+    return sf_sim_server

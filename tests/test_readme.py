@@ -101,11 +101,16 @@ def stop_group(pid: int, sig: int) -> None:
 
 @pytest.mark.slow
 def test_the_demo_command_serves_the_login_page_and_the_simulator(tmp_path):
-    web_port, sim_port = free_port(), free_port()
-    while sim_port == web_port:
-        sim_port = free_port()
+    web_port, sim_port, sf_sim_port = free_port(), free_port(), free_port()
+    while len({web_port, sim_port, sf_sim_port}) < 3:
+        sim_port, sf_sim_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if key not in SERVICE_SETTINGS}
-    env.update(PORT=str(web_port), SIM_PORT=str(sim_port), CLAZAR_DATA_DIR=str(tmp_path / "data"))
+    env.update(
+        PORT=str(web_port),
+        SIM_PORT=str(sim_port),
+        SF_SIM_PORT=str(sf_sim_port),
+        CLAZAR_DATA_DIR=str(tmp_path / "data"),
+    )
 
     proc = subprocess.Popen(
         [str(ROOT / "scripts" / "demo")],
@@ -137,6 +142,8 @@ def test_the_demo_command_serves_the_login_page_and_the_simulator(tmp_path):
         assert 'type="password"' in body, f"{final_url} is not a login page"
 
         status, _, _ = wait_for_get(f"http://127.0.0.1:{sim_port}/__sim/health", deadline, proc, output)
+        assert status == 200
+        status, _, _ = wait_for_get(f"http://127.0.0.1:{sf_sim_port}/__sim/health", deadline, proc, output)
         assert status == 200
     finally:
         stop_group(proc.pid, signal.SIGTERM)

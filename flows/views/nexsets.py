@@ -20,6 +20,8 @@ from flows import audit, browse, imports, nexsets
 from flows.models import Import, Nexset, Record
 from flows.nexset_forms import DeleteForm, UploadForm, WebhookForm
 from flows.roles import OPERATOR, VIEWER, role_required
+from flows.salesforce import connection as sf
+from flows.salesforce.source import SalesforceSource
 
 COLUMNS_SHOWN = 8
 
@@ -49,6 +51,8 @@ def nexset_detail(request: HttpRequest, uuid: Any) -> HttpResponse:
         hook_url=hook_url(request, nexset) if nexset.kind == Nexset.Kind.WEBHOOK else "",
         now=timezone.now(),
     )
+    if nexset.kind == Nexset.Kind.SALESFORCE:
+        context.update(sf_source=SalesforceSource.from_json(nexset.source), sf_connection=sf.current())
     return render(request, "nexsets/detail.html", context)
 
 

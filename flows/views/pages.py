@@ -10,8 +10,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from flows.models import AuditEvent, Destination, Nexset, SalesforceConnection
-from flows.roles import ADMIN, VIEWER, role_required
+from flows.models import AuditEvent, Destination, Nexset
+from flows.roles import VIEWER, role_required
 
 
 @login_not_required
@@ -41,8 +41,3 @@ def audit_list(request: HttpRequest) -> HttpResponse:
     if action:
         events = events.filter(action__startswith=action)
     return render(request, "audit/list.html", {"events": events[:200], "action": action})
-
-
-@role_required(ADMIN)
-def salesforce(request: HttpRequest) -> HttpResponse:
-    return render(request, "salesforce/index.html", {"connection": SalesforceConnection.objects.first()})

@@ -12,7 +12,7 @@ from django.db import transaction
 
 from clazar_dest.simulators.clazar import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from flows import records, roles
-from flows.models import Credential, Destination, Nexset
+from flows.models import Credential, Destination, Nexset, SalesforceApp
 
 CREDENTIAL_NAME = "Clazar simulator (demo)"
 
@@ -82,6 +82,8 @@ class Command(BaseCommand):
             offers = self._nexset("Demo private offers", private_offers())
             self._nexset("Demo listings", listings())
             self._nexset("Demo co-sell opportunities", opportunities())
+            if settings.SALESFORCE_SIMULATOR_URL:
+                self._salesforce_app()
             if not Destination.objects.filter(nexset=offers).exists():
                 Destination.objects.create(
                     name="Create Private Offer – Demo private offers",
@@ -112,6 +114,16 @@ class Command(BaseCommand):
         credential.api_base = settings.CLAZAR_SIMULATOR_URL
         credential.save()
         return credential
+
+    def _salesforce_app(self) -> None:
+        """The connected app of the Salesforce simulator, so "Connect to Salesforce" works at once."""
+        from clazar_dest.simulators.salesforce import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
+
+        if SalesforceApp.objects.exists():
+            return
+        app = SalesforceApp(consumer_key=DEFAULT_CONSUMER_KEY)
+        app.consumer_secret = DEFAULT_CONSUMER_SECRET  # the simulator's, not a real one
+        app.save()
 
     def _nexset(self, name: str, rows: list[dict]) -> Nexset:
         nexset, created = Nexset.objects.get_or_create(name=name, defaults={"kind": Nexset.Kind.UPLOAD})

@@ -1,0 +1,1097 @@
+"""State and behaviour of the Salesforce simulator, without sockets (see `clazar_dest.simulators.salesforce`).
+
+`Api.handle(request)` turns one parsed HTTP request into a `Reply`: the OAuth 2.0 web server flow (consent
+page, codes bound to client, redirect URI and PKCE challenge, refresh with rotation, revoke), identity
+and userinfo, and the REST routes (describe, SOQL query with cursors, PATCH). Everything lives behind
+one lock. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import hmac
+import html
+import json
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from clazar_dest.simulators import salesforce_data as sfdata
+from clazar_dest.simulators.salesforce_data import SCHEMA, Store, ValueProblem, find_object, make_id
+from clazar_dest.simulators.salesforce_soql import SoqlError, execute
+
+ROUTE_KEYS = (
+    "authorize",  # the consent page and the decision posted from it
+    "token",  # POST /services/oauth2/token, grant_type=authorization_code (or anything but refresh_token)
+    "refresh",  # POST /services/oauth2/token, grant_type=refresh_token
+    "revoke",
+    "identity",
+    "userinfo",
+    "versions",  # GET /services/data/ (no token needed)
+    "resources",  # GET /services/data/vNN.N/
+    "describe_global",
+    "describe",
+    "retrieve",  # GET sobjects/<Name>/<Id>
+    "query",
+    "query_more",
+    "update",
+)
+OAUTH_ROUTES = frozenset({"authorize", "token", "refresh", "revoke"})
+FAULT_KINDS = ("latency", "error", "unauthorized", "drop", "hang")
+SECRET_FIELDS = frozenset(
+    {"client_secret", "code", "code_verifier", "refresh_token", "access_token", "token", "password"}
+)
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+SCOPES = {
+    "api": "Access and manage your data (api)",
+    "refresh_token": "Perform requests on your behalf at any time (refresh_token, offline_access)",
+    "offline_access": "Perform requests on your behalf at any time (refresh_token, offline_access)",
+    "id": "Access your basic information (id, profile, email, address, phone)",
+    "profile": "Access your basic information (id, profile, email, address, phone)",
+    "email": "Access your basic information (id, profile, email, address, phone)",
+    "address": "Access your basic information (id, profile, email, address, phone)",
+    "phone": "Access your basic information (id, profile, email, address, phone)",
+    "openid": "Access unique user identifiers (openid)",
+    "full": "Full access (full)",
+    "web": "Provide access to your data via the Web (web)",
+    "chatter_api": "Access Connect REST API resources (chatter_api)",
+    "custom_permissions": "Access custom permissions (custom_permissions)",
+}
+DEFAULT_SCOPE = "api refresh_token"
+CODE_TTL = 15 * 60
+MAX_CURSORS = 100
+VERSIONS = (("59.0", "Winter '24"), ("60.0", "Spring '24"), ("61.0", "Summer '24"), ("62.0", "Winter '25"))
+NOT_FOUND = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+INVALID_SESSION = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # names in lower case
+    raw: bytes
+    base_url: str
+
+    def form(self) -> dict[str, str]:
+        """The form body (x-www-form-urlencoded), over the query string's parameters."""
+        try:
+            body = dict(parse_qsl(self.raw.decode("utf-8"), keep_blank_values=True))
+        except (UnicodeDecodeError, ValueError):
+            body = {}
+        return {**self.query, **body}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None  # JSON-able; None sends no body
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # a pre-rendered body (HTML pages)
+    content_type: str = "application/json;charset=UTF-8"
+    drop: bool = False  # close the connection without answering
+    fault: str | None = None
+
+    def render(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return b"" if self.body is None else json.dumps(self.body).encode()
+
+
+def rest_error(status: int, code: str, message: str, **extra: Any) -> Reply:
+    return Reply(status, [{"message": message, "errorCode": code, **extra}])
+
+
+def oauth_error(error: str, description: str, status: int = 400) -> Reply:
+    return Reply(status, {"error": error, "error_description": description})
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    kind: str
+    route: str | None = None
+    on_call: int = 1
+    times: int = 1
+    status: int | None = None
+    seconds: float | None = None
+    error_code: str | None = None
+    message: str | None = None
+    apply: bool | None = None  # drop/hang: carry the request out first (default true)
+    seen: int = 0
+    fired: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Fault:
+        if not isinstance(data, dict):
+            raise ValueError("A fault must be a JSON object.")
+        unknown = sorted(set(data) - ({f.name for f in fields(cls)} - {"seen", "fired"}))
+        if unknown:
+            raise ValueError(f"Unknown fault option(s): {', '.join(unknown)}.")
+        if data.get("kind") not in FAULT_KINDS:
+            raise ValueError(
+                f"Fault kind must be one of: {', '.join(FAULT_KINDS)}; got {data.get('kind')!r}."
+            )
+        if data.get("route") is not None and data["route"] not in ROUTE_KEYS:
+            raise ValueError(f"Unknown fault route {data['route']!r}; use one of: {', '.join(ROUTE_KEYS)}.")
+        fault = cls(**data)
+        for name, low in (("on_call", 1), ("times", 0), ("status", 100)):
+            value = getattr(fault, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"Fault option {name} must be a whole number >= {low}, not {value!r}.")
+        seconds = fault.seconds
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0
+        ):
+            raise ValueError(f"Fault option seconds must be a number >= 0, not {seconds!r}.")
+        if fault.apply is not None and not isinstance(fault.apply, bool):
+            raise ValueError("Fault option apply must be true or false.")
+        return fault
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class Faults:
+    """A thread-safe list of faults; `fire` counts a call of a route and returns the faults that hit it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def set(self, items: list[Any], append: bool = False) -> list[dict]:
+        parsed = [Fault.from_dict(item) for item in items]
+        with self._lock:
+            self._faults = [*self._faults, *parsed] if append else parsed
+            return [f.to_dict() for f in self._faults]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults = []
+
+    def list(self) -> list[dict]:
+        with self._lock:
+            return [f.to_dict() for f in self._faults]
+
+    def fire(self, route: str) -> list[Fault]:
+        hits: list[Fault] = []
+        with self._lock:
+            for fault in self._faults:
+                if fault.route not in (None, route) or (fault.times and fault.fired >= fault.times):
+                    continue
+                fault.seen += 1
+                if fault.seen >= fault.on_call:
+                    fault.fired += 1
+                    hits.append(fault)
+        return hits
+
+
+def _fault_body(route: str, status: int, code: str | None, message: str | None) -> Any:
+    if route in OAUTH_ROUTES:
+        error = code or (
+            "server_error"
+            if status == 500
+            else "temporarily_unavailable"
+            if status >= 500
+            else "invalid_request"
+        )
+        return {"error": error, "error_description": message or "Simulated failure."}
+    default = {
+        401: ("INVALID_SESSION_ID", "Session expired or invalid"),
+        403: ("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+        404: ("NOT_FOUND", "The requested resource does not exist"),
+        429: ("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+        500: (
+            "UNKNOWN_EXCEPTION",
+            "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-1234567890)",
+        ),
+    }.get(status, ("SERVER_UNAVAILABLE", "Server temporarily unavailable. Please try again later."))
+    return [{"message": message or default[1], "errorCode": code or default[0]}]
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _sf_id(prefix: str) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and len(v) == 18 and v.startswith(prefix) and v.isalnum()
+
+
+CONFIG_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "consumer_key": _text,
+    "consumer_secret": _text,
+    "rotate_refresh_tokens": lambda v: isinstance(v, bool),
+    "app_name": _text,
+    "org_id": _sf_id("00D"),
+    "org_name": _text,
+    "user_id": _sf_id("005"),
+    "username": _text,
+    "display_name": _text,
+    "callback_urls": lambda v: isinstance(v, list | tuple) and all(_text(u) for u in v),
+    "permissions": lambda v: isinstance(v, dict),
+    "access_token_ttl": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+    "batch_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2000,
+    "tamper_instance_url": lambda v: v is None or _text(v),
+}
+
+
+def permissions_from(value: dict[str, Any]) -> dict[str, dict[str, bool]]:
+    """Object permissions: the given flags over the defaults (all on; Organization and User read only)."""
+    merged = sfdata.default_permissions()
+    for name, flags in value.items():
+        if name not in SCHEMA:
+            raise ValueError(f"permissions: unknown object {name!r}; use one of {', '.join(SCHEMA)}.")
+        if not isinstance(flags, dict):
+            raise ValueError(f'permissions[{name!r}] must be an object like {{"read": true, "edit": false}}.')
+        for flag, on in flags.items():
+            if flag not in ("read", "create", "edit", "delete") or not isinstance(on, bool):
+                raise ValueError(
+                    f"permissions[{name!r}][{flag!r}]: flags are read, create, edit and delete, each true or false."
+                )
+            merged[name][flag] = on
+    return merged
+
+
+def mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: "***" if str(k).lower() in SECRET_FIELDS else mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask(v) for v in value]
+    return value
+
+
+def mask_headers(headers: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for name, value in headers.items():
+        if name in SECRET_HEADERS:
+            scheme, _, rest = value.partition(" ")
+            value = f"{scheme} ***" if rest else "***"
+        out[name] = value
+    return out
+
+
+@dataclass
+class Grant:
+    client_id: str
+    scope: str
+    refresh: str | None = None
+    access: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Route:
+    key: str
+    run: Callable[[], Reply]
+    bearer: bool = True
+
+
+# -- the simulated org ---------------------------------------------------------------------------
+
+
+class Api:
+    """Everything the simulated Salesforce org knows, behind one lock."""
+
+    def __init__(
+        self,
+        consumer_key: str,
+        consumer_secret: str,
+        *,
+        rotate_refresh_tokens: bool = True,
+        accounts: int = 20,
+        opportunities: int = 60,
+        sleep: Callable[[float], Any] = time.sleep,
+        log_limit: int = 10_000,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.faults = Faults()
+        self.sleep = sleep
+        self.store = Store()
+        self._log_limit = log_limit
+        self._seed_counts = (accounts, opportunities)
+        self._defaults: dict[str, Any] = {
+            "consumer_key": consumer_key,
+            "consumer_secret": consumer_secret,
+            "rotate_refresh_tokens": rotate_refresh_tokens,
+            "app_name": "clazar-dest",
+            "org_id": make_id("00D", 1),
+            "org_name": "Acme Inc.",
+            "user_id": make_id("005", 1),
+            "username": "integration@acme.example",
+            "display_name": "Integration User",
+            "callback_urls": [],
+            "permissions": sfdata.default_permissions(),
+            "access_token_ttl": 7200,
+            "batch_size": 2000,
+            "tamper_instance_url": None,
+        }
+        self._check(self._defaults)
+        self.reset()
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Data re-seeded; tokens, codes, grants, cursors, faults and the log forgotten; settings back."""
+        with self.lock:
+            self.config: dict[str, Any] = copy.deepcopy(self._defaults)
+            self.pending: dict[str, dict[str, Any]] = {}
+            self.codes: dict[str, dict[str, Any]] = {}
+            self.grants: dict[int, Grant] = {}
+            self.access: dict[str, tuple[int, float]] = {}  # token -> (grant, issued at; 0 = expired)
+            self.refresh: dict[str, int] = {}
+            self.cursors: OrderedDict[str, list[dict]] = OrderedDict()
+            self.grant_seq = 0
+            self.log: deque[dict] = deque(maxlen=self._log_limit)
+            self.log_seq = 0
+            self.seed(*self._seed_counts)
+        self.faults.clear()
+
+    def _check(self, config: dict[str, Any]) -> dict[str, Any]:
+        checked = {}
+        for name, value in config.items():
+            check = CONFIG_CHECKS.get(name)
+            if check is None:
+                raise ValueError(f"Unknown simulator setting {name!r}; known: {', '.join(CONFIG_CHECKS)}.")
+            if not check(value):
+                raise ValueError(f"Invalid value for simulator setting {name!r}: {value!r}.")
+            if name == "permissions":
+                value = permissions_from(value)
+            elif name == "callback_urls":
+                value = list(value)
+            checked[name] = value
+        return checked
+
+    def set_defaults(self, **config: Any) -> None:
+        """Change the settings `reset()` goes back to (and the current ones)."""
+        self._defaults.update(self._check(config))
+        self.configure(**config)
+
+    def configure(self, **config: Any) -> dict[str, Any]:
+        checked = self._check(config)
+        with self.lock:
+            self.config.update(checked)
+            if checked.keys() & {"org_id", "org_name", "user_id", "username", "display_name"}:
+                self.store.set_identity(*self._identity())
+            return copy.deepcopy(self.config)
+
+    def settings(self) -> dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self.config)
+
+    def _identity(self) -> tuple[tuple[str, str], tuple[str, str, str]]:
+        c = self.config
+        return (c["org_id"], c["org_name"]), (c["user_id"], c["username"], c["display_name"])
+
+    def seed(self, accounts: int = 20, opportunities: int = 60) -> dict[str, int]:
+        with self.lock:
+            counts = self.store.seed(accounts, opportunities, *self._identity())
+            self.cursors.clear()
+            return counts
+
+    def records(self, name: str) -> list[dict]:
+        obj = self._object(name)
+        with self.lock:
+            return self.store.records(obj.name)
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return self.store.counts()
+
+    def _object(self, name: str) -> sfdata.SObject:
+        obj = find_object(name) if isinstance(name, str) else None
+        if obj is None:
+            raise ValueError(f"Unknown object {name!r}; use one of {', '.join(SCHEMA)}.")
+        return obj
+
+    def touch(
+        self,
+        name: str,
+        ids: list[str] | None = None,
+        count: int | None = None,
+        changes: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Modify records as someone in Salesforce would: `ids`, or the first `count` (default 1), get
+        `changes` (default: a new NextStep and Amount + 1000 on Opportunities) and new stamps."""
+        obj = self._object(name)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ValueError(f"count must be a whole number >= 0, not {count!r}.")
+        with self.lock:
+            table = self.store.data[obj.name]
+            if ids is not None:
+                missing = [i for i in ids if self.store.get(obj.name, i) is None]
+                if missing:
+                    raise ValueError(f"No {obj.name} with id {', '.join(map(str, missing))}.")
+                targets = [self.store.get(obj.name, i) for i in ids]
+            else:
+                targets = list(table.values())[: 1 if count is None else count]
+            touched = []
+            for record in targets:
+                assert record is not None
+                self.store.change(obj.name, record, self._touch_changes(obj, record, changes))
+                touched.append(record["Id"])
+            return touched
+
+    def _touch_changes(self, obj: sfdata.SObject, record: dict, changes: dict[str, Any] | None) -> dict:
+        if changes is None:
+            if obj.name != "Opportunity":
+                return {}
+            changes = {
+                "NextStep": f"Follow-up {self.store.clock_ms % 100_000}",
+                "Amount": (record["Amount"] or 0) + 1000,
+            }
+        out = {}
+        for key, value in changes.items():
+            f = obj.field(key)
+            if f is None or f.name == "Id":
+                raise ValueError(f"{obj.name} has no field {key!r} that can be changed.")
+            out[f.name] = sfdata.coerce(f, value)
+        return out
+
+    def create(self, name: str, values: dict[str, Any]) -> str:
+        obj = self._object(name)
+        if "Id" in values or "id" in values:
+            raise ValueError("create() gives the record its Id; leave Id out.")
+        with self.lock:
+            return self.store.add(obj.name, dict(values))["Id"]
+
+    def expire_access_tokens(self) -> None:
+        with self.lock:
+            self.access = {token: (grant, 0.0) for token, (grant, _) in self.access.items()}
+
+    def grant(self, base_url: str, redirect_uri: str, scope: str = DEFAULT_SCOPE) -> dict[str, Any]:
+        """A token response as if the consent flow had just completed (not logged)."""
+        with self.lock:
+            return self._issue(base_url, self.config["consumer_key"], scope)
+
+    def requests_log(self, method: str | None = None, path: str | None = None) -> list[dict]:
+        with self.lock:
+            return copy.deepcopy(
+                [
+                    e
+                    for e in self.log
+                    if (method is None or e["method"] == method.upper())
+                    and (path is None or e["path"] == path)
+                ]
+            )
+
+    def clear_log(self) -> None:
+        with self.lock:
+            self.log.clear()
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def handle(self, req: Request) -> Reply:
+        started = time.monotonic()
+        entry = self._log_start(req)
+        reply = self._answer(req, entry)
+        with self.lock:
+            entry["status"] = None if reply.drop else reply.status
+            entry["fault"] = reply.fault
+            entry["duration"] = round(time.monotonic() - started, 6)
+        return reply
+
+    def _log_start(self, req: Request) -> dict:
+        kind = req.headers.get("content-type", "").split(";")[0].strip().lower()
+        form = body_json = text = None
+        if req.raw:
+            if kind == "application/x-www-form-urlencoded":
+                form = mask(dict(parse_qsl(req.raw.decode("utf-8", "replace"), keep_blank_values=True)))
+            else:
+                try:
+                    body_json = mask(json.loads(req.raw))
+                except (ValueError, UnicodeDecodeError):
+                    secretive = req.path.startswith("/services/oauth2/")
+                    text = "<hidden>" if secretive else req.raw[:65_536].decode("utf-8", "replace")
+        with self.lock:
+            self.log_seq += 1
+            entry = {
+                "id": self.log_seq,
+                "time": time.time(),
+                "method": req.method,
+                "path": req.path,
+                "route": None,
+                "query": mask(dict(req.query)),
+                "headers": mask_headers(req.headers),
+                "form": form,
+                "json": body_json,
+                "body": text,
+                "status": None,
+                "fault": None,
+                "duration": None,
+            }
+            self.log.append(entry)
+        return entry
+
+    def _answer(self, req: Request, entry: dict) -> Reply:
+        data = re.fullmatch(r"/services/data/(v\d+\.\d+)(/.*)?", req.path)
+        route = self._data_route(req, data.group(1), data.group(2) or "/") if data else self._oauth_route(req)
+        if isinstance(route, Route):
+            with self.lock:
+                entry["route"] = route.key
+        if data or (isinstance(route, Route) and route.bearer):
+            denied = self._check_session(req)  # before 404/405, as Salesforce does
+            if denied:
+                return denied
+        if isinstance(route, Reply):
+            return route
+        hits = self.faults.fire(route.key)
+        for fault in hits:
+            if fault.kind == "latency":
+                self.sleep(0.5 if fault.seconds is None else fault.seconds)
+        fault = next((f for f in hits if f.kind != "latency"), None)
+        if fault is None:
+            return route.run()
+        return self._misbehave(fault, route)
+
+    def _misbehave(self, fault: Fault, route: Route) -> Reply:
+        kind = fault.kind
+        if kind == "error":
+            status = fault.status or 503
+            return Reply(status, _fault_body(route.key, status, fault.error_code, fault.message), fault=kind)
+        if kind == "unauthorized":
+            if route.key in OAUTH_ROUTES:
+                body = {
+                    "error": fault.error_code or "invalid_client",
+                    "error_description": fault.message or "invalid client credentials",
+                }
+            else:
+                body = _fault_body(route.key, 401, fault.error_code, fault.message)
+            return Reply(401, body, {"WWW-Authenticate": "Token"}, fault=kind)
+        applies = fault.apply is not False
+        reply = route.run() if applies else None
+        if kind == "drop":
+            return Reply(0, drop=True, fault=kind)
+        self.sleep(10.0 if fault.seconds is None else fault.seconds)
+        if reply is None:
+            reply = Reply(503, _fault_body(route.key, 503, fault.error_code, fault.message))
+        reply.fault = kind
+        return reply
+
+    def _check_session(self, req: Request) -> Reply | None:
+        header = req.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        with self.lock:
+            found = self.access.get(token) if scheme.lower() in ("bearer", "oauth") and token else None
+            ttl = self.config["access_token_ttl"]
+        if found is None or found[1] == 0.0 or (ttl and time.monotonic() - found[1] >= ttl):
+            return Reply(401, copy.deepcopy(INVALID_SESSION), {"WWW-Authenticate": "Token"})
+        return None
+
+    # -- routing -------------------------------------------------------------------------------------
+
+    def _oauth_route(self, req: Request) -> Route | Reply:
+        method, path = req.method, req.path.rstrip("/") or "/"
+        head = "GET" if method == "HEAD" else method
+        table: dict[str, tuple[dict[str, str], Callable[[], Reply], bool]] = {
+            "/services/oauth2/authorize": ({"GET": "authorize"}, lambda: self._authorize(req), False),
+            "/services/oauth2/authorize/decision": ({"POST": "authorize"}, lambda: self._decide(req), False),
+            "/services/oauth2/token": ({"POST": "token"}, lambda: self._token(req), False),
+            "/services/oauth2/revoke": (
+                {"POST": "revoke", "GET": "revoke"},
+                lambda: self._revoke(req),
+                False,
+            ),
+            "/services/oauth2/userinfo": (
+                {"GET": "userinfo", "POST": "userinfo"},
+                lambda: self._userinfo(req),
+                True,
+            ),
+            "/services/data": ({"GET": "versions"}, self._versions, False),
+        }
+        identity = re.fullmatch(r"/id/(\w+)/(\w+)", path)
+        if identity:
+            entry = (
+                {"GET": "identity", "POST": "identity"},
+                lambda: self._identity_doc(req, *identity.groups()),
+                True,
+            )
+        elif path in table:
+            entry = table[path]
+        else:
+            return Reply(404, copy.deepcopy(NOT_FOUND))
+        keys, run, bearer = entry
+        key = keys.get(head)
+        if key is None:
+            return _not_allowed(method, keys)
+        if key == "token" and req.form().get("grant_type") == "refresh_token":
+            key = "refresh"
+        return Route(key, run, bearer)
+
+    def _data_route(self, req: Request, version: str, rest: str) -> Route | Reply:
+        method = "GET" if req.method == "HEAD" else req.method
+        patterns: list[tuple[str, dict[str, str], Callable[..., Reply]]] = [
+            (r"/?", {"GET": "resources"}, self._resources),
+            (r"/sobjects/?", {"GET": "describe_global"}, self._describe_global),
+            (r"/sobjects/(\w+)/describe/?", {"GET": "describe"}, self._describe),
+            (r"/sobjects/(\w+)/([^/]+)/?", {"GET": "retrieve", "PATCH": "update"}, self._record),
+            (r"/query/?", {"GET": "query"}, self._query),
+            (r"/query/([^/]+)/?", {"GET": "query_more"}, self._query_more),
+        ]
+        for pattern, keys, handler in patterns:
+            found = re.fullmatch(pattern, rest)
+            if found is None:
+                continue
+            key = keys.get(method)
+            if key is None:
+                return _not_allowed(req.method, keys)
+            args = [unquote(g) for g in found.groups()]
+            return Route(key, lambda h=handler, a=args: h(req, version, *a))
+        return Reply(404, copy.deepcopy(NOT_FOUND))
+
+    # -- OAuth -----------------------------------------------------------------------------------------
+
+    def _authorize(self, req: Request) -> Reply:
+        q = req.query
+        with self.lock:
+            config = copy.deepcopy(self.config)
+        if q.get("client_id") != config["consumer_key"]:
+            return _error_page("invalid_client_id", "client identifier invalid")
+        redirect_uri = q.get("redirect_uri", "")
+        if not redirect_uri or (config["callback_urls"] and redirect_uri not in config["callback_urls"]):
+            return _error_page("redirect_uri_mismatch", "redirect_uri must match configuration")
+        state = q.get("state")
+        if q.get("response_type") != "code":
+            return _redirect(redirect_uri, "unsupported_response_type", "response type not supported", state)
+        challenge = q.get("code_challenge") or None
+        if challenge and (q.get("code_challenge_method") or "S256") != "S256":
+            return _redirect(redirect_uri, "invalid_request", "code_challenge_method must be S256", state)
+        scopes = list(dict.fromkeys((q.get("scope") or DEFAULT_SCOPE).split()))
+        unknown = [s for s in scopes if s not in SCOPES]
+        if unknown:
+            return _redirect(
+                redirect_uri, "invalid_scope", f"the requested scope is not allowed: {unknown[0]}", state
+            )
+        request_id = secrets.token_urlsafe(24)
+        with self.lock:
+            self.pending[request_id] = {
+                "client_id": config["consumer_key"],
+                "redirect_uri": redirect_uri,
+                "state": state,
+                "scope": " ".join(scopes),
+                "challenge": challenge,
+                "expires": time.monotonic() + CODE_TTL,
+            }
+        return Reply(
+            200,
+            raw=_consent_page(config, scopes, request_id).encode(),
+            content_type="text/html; charset=utf-8",
+        )
+
+    def _decide(self, req: Request) -> Reply:
+        form = req.form()
+        with self.lock:
+            asked = self.pending.pop(form.get("request", ""), None)
+        if asked is None or asked["expires"] < time.monotonic():
+            return _error_page("invalid_request", "the authorization request expired or was already answered")
+        decision = form.get("decision")
+        if decision == "deny":
+            return _redirect(
+                asked["redirect_uri"], "access_denied", "end-user denied authorization", asked["state"]
+            )
+        if decision != "allow":
+            return _error_page("invalid_request", "decision must be allow or deny")
+        code = "aPrx" + secrets.token_urlsafe(48) + "=="
+        with self.lock:
+            self.codes[code] = {**asked, "expires": time.monotonic() + CODE_TTL}
+        params = {"code": code, **({"state": asked["state"]} if asked["state"] is not None else {})}
+        return Reply(302, headers={"Location": _with_query(asked["redirect_uri"], params)})
+
+    def _client(self, req: Request, form: dict[str, str]) -> tuple[str, str]:
+        client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+        scheme, _, encoded = req.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "basic" and encoded:
+            try:
+                user, _, password = base64.b64decode(encoded.strip()).decode("utf-8").partition(":")
+                client_id, secret = unquote(user), unquote(password)
+            except (ValueError, UnicodeDecodeError):
+                pass
+        return client_id, secret
+
+    def _token(self, req: Request) -> Reply:
+        form = req.form()
+        grant_type = form.get("grant_type", "")
+        if grant_type not in ("authorization_code", "refresh_token"):
+            return oauth_error("unsupported_grant_type", "grant type not supported")
+        client_id, secret = self._client(req, form)
+        with self.lock:
+            good = client_id == self.config["consumer_key"] and hmac.compare_digest(
+                secret.encode(), self.config["consumer_secret"].encode()
+            )
+            if not good:
+                return oauth_error("invalid_client", "invalid client credentials")
+            if grant_type == "refresh_token":
+                return self._refresh(req, form, client_id)
+            code = self.codes.pop(form.get("code", ""), None)  # single use, whatever happens next
+            if code is None or code["expires"] < time.monotonic() or code["client_id"] != client_id:
+                return oauth_error("invalid_grant", "invalid authorization code")
+            if form.get("redirect_uri") != code["redirect_uri"]:
+                return oauth_error("redirect_uri_mismatch", "redirect_uri must match configuration")
+            if code["challenge"]:
+                verifier = form.get("code_verifier", "")
+                digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+                if not verifier or not hmac.compare_digest(digest, code["challenge"].encode()):
+                    return oauth_error("invalid_grant", "invalid code verifier")
+            return Reply(200, self._issue(req.base_url, client_id, code["scope"]))
+
+    def _refresh(self, req: Request, form: dict[str, str], client_id: str) -> Reply:
+        old = form.get("refresh_token", "")
+        grant_id = self.refresh.get(old)
+        grant = self.grants.get(grant_id) if grant_id is not None else None
+        if grant is None or grant.client_id != client_id:
+            return oauth_error("invalid_grant", "expired access/refresh token")
+        rotate = self.config["rotate_refresh_tokens"]
+        if rotate:
+            del self.refresh[old]
+        answer = self._issue(req.base_url, client_id, grant.scope, grant_id=grant_id, new_refresh=rotate)
+        return Reply(200, answer)
+
+    def _issue(
+        self,
+        base_url: str,
+        client_id: str,
+        scope: str,
+        *,
+        grant_id: int | None = None,
+        new_refresh: bool = True,
+    ) -> dict[str, Any]:
+        """Mint tokens (for a new grant, or on an existing one) and build the token response."""
+        if grant_id is None:
+            self.grant_seq += 1
+            grant_id = self.grant_seq
+            self.grants[grant_id] = Grant(client_id, scope)
+        grant = self.grants[grant_id]
+        org, user = self.config["org_id"], self.config["user_id"]
+        access = f"{org[:15]}!{secrets.token_urlsafe(72)}"
+        self.access[access] = (grant_id, time.monotonic())
+        grant.access.add(access)
+        issued = str(time.time_ns() // 1_000_000)
+        id_url = f"{base_url}/id/{org}/{user}"
+        secret = self.config["consumer_secret"].encode()
+        signature = base64.b64encode(hmac.new(secret, (id_url + issued).encode(), hashlib.sha256).digest())
+        answer: dict[str, Any] = {"access_token": access}
+        if new_refresh and set(scope.split()) & {"refresh_token", "offline_access"}:
+            grant.refresh = "5Aep861" + secrets.token_urlsafe(64)
+            self.refresh[grant.refresh] = grant_id
+            answer["refresh_token"] = grant.refresh
+        answer.update(
+            {
+                "signature": signature.decode(),
+                "scope": scope,
+                "instance_url": self.config["tamper_instance_url"] or base_url,
+                "id": id_url,
+                "token_type": "Bearer",
+                "issued_at": issued,
+            }
+        )
+        return answer
+
+    def _revoke(self, req: Request) -> Reply:
+        token = req.form().get("token", "")
+        with self.lock:
+            grant_id = self.refresh.get(token)
+            if grant_id is None and token in self.access:
+                grant_id = self.access[token][0]
+            grant = self.grants.pop(grant_id, None) if grant_id is not None else None
+            if grant is None:
+                return oauth_error("unsupported_token_type", "this token type is not supported")
+            for access in grant.access:
+                self.access.pop(access, None)
+            self.refresh = {t: g for t, g in self.refresh.items() if g != grant_id}
+        return Reply(200, content_type="text/plain")
+
+    def _user_doc(self, base: str) -> dict[str, Any]:
+        c = self.settings()
+        org, user, version = c["org_id"], c["user_id"], "{version}"
+        first, _, last = c["display_name"].rpartition(" ")
+        rest = f"{base}/services/data/v{version}"
+        return {
+            "id": f"{base}/id/{org}/{user}",
+            "user_id": user,
+            "organization_id": org,
+            "username": c["username"],
+            "nick_name": c["username"].split("@")[0],
+            "display_name": c["display_name"],
+            "email": c["username"],
+            "email_verified": True,
+            "first_name": first or None,
+            "last_name": last,
+            "timezone": "Etc/UTC",
+            "photos": {"picture": f"{base}/profilephoto/005/F", "thumbnail": f"{base}/profilephoto/005/T"},
+            "active": True,
+            "user_type": "STANDARD",
+            "language": "en_US",
+            "locale": "en_US",
+            "utcOffset": 0,
+            "urls": {
+                "enterprise": f"{base}/services/Soap/c/{version}/{org[:15]}",
+                "metadata": f"{base}/services/Soap/m/{version}/{org[:15]}",
+                "partner": f"{base}/services/Soap/u/{version}/{org[:15]}",
+                "rest": f"{rest}/",
+                "sobjects": f"{rest}/sobjects/",
+                "search": f"{rest}/search/",
+                "query": f"{rest}/query/",
+                "recent": f"{rest}/recent/",
+                "profile": f"{base}/{user}",
+                "custom_domain": base,
+            },
+        }
+
+    def _identity_doc(self, req: Request, org: str, user: str) -> Reply:
+        doc = self._user_doc(req.base_url)
+        if org[:15] != doc["organization_id"][:15] or user[:15] != doc["user_id"][:15]:
+            return Reply(404, copy.deepcopy(NOT_FOUND))
+        return Reply(200, {"id": doc.pop("id"), "asserted_user": True, **doc, "is_app_installed": True})
+
+    def _userinfo(self, req: Request) -> Reply:
+        doc = self._user_doc(req.base_url)
+        return Reply(
+            200,
+            {
+                "sub": doc["id"],
+                "user_id": doc["user_id"],
+                "organization_id": doc["organization_id"],
+                "preferred_username": doc["username"],
+                "nickname": doc["nick_name"],
+                "name": doc["display_name"],
+                "email": doc["email"],
+                "email_verified": True,
+                "given_name": doc["first_name"],
+                "family_name": doc["last_name"],
+                "zoneinfo": doc["timezone"],
+                "photos": doc["photos"],
+                "profile": doc["urls"]["profile"],
+                "active": True,
+                "user_type": "STANDARD",
+                "language": "en_US",
+                "locale": "en_US",
+                "utcOffset": 0,
+                "urls": doc["urls"],
+            },
+        )
+
+    # -- REST ------------------------------------------------------------------------------------------
+
+    def _versions(self) -> Reply:
+        return Reply(
+            200, [{"label": label, "url": f"/services/data/v{v}", "version": v} for v, label in VERSIONS]
+        )
+
+    def _resources(self, req: Request, version: str) -> Reply:
+        base = f"/services/data/{version}"
+        return Reply(200, {n: f"{base}/{n}" for n in ("sobjects", "query", "queryAll", "search", "limits")})
+
+    def _describe_global(self, req: Request, version: str) -> Reply:
+        with self.lock:
+            permissions = copy.deepcopy(self.config["permissions"])
+        return Reply(200, sfdata.describe_global(permissions, version))
+
+    def _readable(self, name: str) -> tuple[sfdata.SObject | None, dict[str, bool]]:
+        obj = find_object(name)
+        with self.lock:
+            perms = dict(self.config["permissions"][obj.name]) if obj else {}
+        return (obj if obj and perms["read"] else None), perms
+
+    def _describe(self, req: Request, version: str, name: str) -> Reply:
+        obj, perms = self._readable(name)
+        if obj is None:
+            return Reply(404, copy.deepcopy(NOT_FOUND))
+        return Reply(200, sfdata.describe(obj, perms, version))
+
+    def _record(self, req: Request, version: str, name: str, record_id: str) -> Reply:
+        obj, perms = self._readable(name)
+        if obj is None:
+            return Reply(404, copy.deepcopy(NOT_FOUND))
+        if req.method == "PATCH":
+            return self._update(req, obj, perms, record_id)
+        wanted = [n.strip() for n in req.query.get("fields", "").split(",") if n.strip()]
+        columns = []
+        for wanted_name in wanted:
+            f = obj.field(wanted_name)
+            if f is None:
+                return rest_error(
+                    400, "INVALID_FIELD", f"No such column '{wanted_name}' on sobject of type {obj.name}"
+                )
+            columns.append(f.name)
+        with self.lock:
+            record = self.store.get(obj.name, record_id)
+            if record is None:
+                return Reply(404, copy.deepcopy(NOT_FOUND))
+            out = {k: record[k] for k in columns} if columns else dict(record)
+        attributes = {"type": obj.name, "url": f"/services/data/{version}/sobjects/{obj.name}/{record['Id']}"}
+        return Reply(200, {"attributes": attributes, **out})
+
+    def _update(self, req: Request, obj: sfdata.SObject, perms: dict[str, bool], record_id: str) -> Reply:
+        if not (obj.writable and perms["edit"]):
+            return rest_error(
+                403, "INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id", fields=[]
+            )
+        try:
+            body = json.loads(req.raw) if req.raw.strip() else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            return rest_error(400, "JSON_PARSER_ERROR", f"Unexpected character in the request body: {exc}")
+        if not isinstance(body, dict):
+            return rest_error(
+                400, "JSON_PARSER_ERROR", "The request body must be a JSON object of field values."
+            )
+        with self.lock:
+            record = self.store.get(obj.name, record_id)
+            if record is None:
+                return Reply(404, copy.deepcopy(NOT_FOUND))
+            try:
+                changes = self.store.checked_changes(obj.name, body)
+            except ValueProblem as problem:
+                return rest_error(400, problem.code, str(problem), fields=[problem.field])
+            self.store.change(obj.name, record, changes)
+        return Reply(204)
+
+    def _batch(self, req: Request) -> int:
+        options = req.headers.get("sforce-query-options", "")
+        found = re.search(r"batchSize\s*=\s*(\d+)", options, re.IGNORECASE)
+        if found:
+            return min(2000, max(200, int(found.group(1))))
+        with self.lock:
+            return self.config["batch_size"]
+
+    def _query(self, req: Request, version: str) -> Reply:
+        text = req.query.get("q", "")
+        if not text.strip():
+            return rest_error(
+                400, "MALFORMED_QUERY", "A query string is required: send it in the q parameter."
+            )
+        batch = self._batch(req)
+        with self.lock:
+            readable = {n for n, p in self.config["permissions"].items() if p["read"]}
+            try:
+                result = execute(text, self.store.data, readable, version)
+            except SoqlError as exc:
+                return rest_error(400, exc.code, exc.render(text))
+            records = result.records
+            if len(records) <= batch:
+                return Reply(200, {"totalSize": result.total, "done": True, "records": records})
+            locator = sfdata.id18(
+                "01g"
+                + "".join(
+                    secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789")
+                    for _ in range(12)
+                )
+            )
+            self.cursors[locator] = records
+            while len(self.cursors) > MAX_CURSORS:
+                self.cursors.popitem(last=False)
+        return Reply(200, _page(records, 0, batch, version, locator))
+
+    def _query_more(self, req: Request, version: str, cursor: str) -> Reply:
+        locator, _, offset = cursor.rpartition("-")
+        batch = self._batch(req)
+        with self.lock:
+            records = self.cursors.get(locator)
+            if records is not None:
+                self.cursors.move_to_end(locator)
+        if records is None or not offset.isdigit() or not 0 < int(offset) < len(records):
+            return rest_error(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        return Reply(200, _page(records, int(offset), batch, version, locator))
+
+
+def _page(records: list[dict], offset: int, batch: int, version: str, locator: str) -> dict[str, Any]:
+    end = offset + batch
+    page: dict[str, Any] = {"totalSize": len(records), "done": end >= len(records)}
+    if end < len(records):
+        page["nextRecordsUrl"] = f"/services/data/{version}/query/{locator}-{end}"
+    page["records"] = records[offset:end]
+    return page
+
+
+def _not_allowed(method: str, keys: dict[str, str]) -> Reply:
+    allowed = ",".join([*keys, "HEAD"] if "GET" in keys else keys)
+    return Reply(
+        405,
+        [
+            {
+                "errorCode": "METHOD_NOT_ALLOWED",
+                "message": f"HTTP Method '{method}' not allowed. Allowed are {allowed}",
+            }
+        ],
+        {"Allow": allowed.replace(",", ", ")},
+    )
+
+
+def _with_query(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), *params.items()]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _redirect(redirect_uri: str, error: str, description: str, state: str | None) -> Reply:
+    params = {"error": error, "error_description": description}
+    if state is not None:
+        params["state"] = state
+    return Reply(302, headers={"Location": _with_query(redirect_uri, params)})
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} | Salesforce (simulator)</title>
+<style>
+body {{ font-family: system-ui, sans-serif; background: #f3f3f3; margin: 0; }}
+main {{ max-width: 28rem; margin: 4rem auto; background: #fff; padding: 2rem; border-radius: 8px;
+  box-shadow: 0 1px 4px rgba(0, 0, 0, .15); }}
+h1 {{ font-size: 1.4rem; margin-top: 0; }}
+ul {{ padding-left: 1.2rem; }}
+.who {{ color: #444; font-size: .9rem; }}
+.actions {{ display: flex; gap: .75rem; justify-content: flex-end; margin-top: 1.5rem; }}
+button {{ font-size: 1rem; padding: .5rem 1.25rem; border-radius: 4px; border: 1px solid #0176d3;
+  cursor: pointer; background: #fff; color: #0176d3; }}
+button[value=allow] {{ background: #0176d3; color: #fff; }}
+</style>
+</head>
+<body>
+<main>
+{content}
+</main>
+</body>
+</html>
+"""
+
+
+def _consent_page(config: dict[str, Any], scopes: list[str], request_id: str) -> str:
+    e = html.escape
+    asked = "".join(f"<li>{e(text)}</li>\n" for text in dict.fromkeys(SCOPES[s] for s in scopes))
+    content = f"""<h1>Allow access?</h1>
+<p class="who">Logged in as <strong>{e(config["display_name"])}</strong> ({e(config["username"])})
+in the org <strong>{e(config["org_name"])}</strong>.</p>
+<p><strong>{e(config["app_name"])}</strong> is asking to:</p>
+<ul class="scopes">
+{asked}</ul>
+<p>Do you want to allow access for {e(config["username"])}?</p>
+<form method="post" action="/services/oauth2/authorize/decision">
+<input type="hidden" name="request" value="{e(request_id)}">
+<div class="actions">
+<button type="submit" name="decision" value="deny">Deny</button>
+<button type="submit" name="decision" value="allow">Allow</button>
+</div>
+</form>"""
+    return _PAGE.format(title="Allow access?", content=content)
+
+
+def _error_page(error: str, description: str) -> Reply:
+    shown = urlencode({"error": error, "error_description": description}, quote_via=quote)
+    content = f"<h1>Remote Access Error</h1>\n<p>There was a problem in setting up your remote access.</p>\n<p><code>{html.escape(shown)}</code></p>"
+    page = _PAGE.format(title="Remote Access Error", content=content)
+    return Reply(400, raw=page.encode(), content_type="text/html; charset=utf-8")
