@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, F, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -116,8 +116,10 @@ def _transition(
 
 
 def _requeue() -> dict[str, Any]:
+    """A person queues it again: a fresh round of the retry schedule starts (``attempts_base``)."""
     return {
         "state": S.QUEUED,
+        "attempts_base": F("attempts"),
         "next_attempt_at": timezone.now(),
         "lease_until": None,
         "finished_at": None,

@@ -344,6 +344,9 @@ class Delivery(Stamped):
     state = models.CharField(max_length=16, choices=State, default=State.QUEUED)
     is_test = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
+    attempts_base = models.PositiveIntegerField(
+        default=0, help_text="Attempts made before an operator last queued it again; retries count from here."
+    )
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=64, unique=True, default=uuid4)

@@ -5,8 +5,12 @@ failed or exhausted (an unknown settled by a lookup counts as succeeded). ``need
 it waits for a person, and whoever settles it calls ``write`` again. Records that never became a request
 (planned straight into ``failed``) have no response and write nothing.
 
-One record per delivery: ``source_ref`` is ``delivery:<id>``, unique per Nexset, so a retried write (two
-workers, a crash between the delivery's final write and this one) stores it once.
+One record per final outcome: ``source_ref`` is ``delivery:<id>`` (``delivery:<id>:<attempts>`` once a person
+queued the delivery again), unique per Nexset, so a retried write (two workers, a crash between the
+delivery's final write and this one) stores it once, and a delivery that succeeds after a retry or replay
+still reaches the Nexset. Storing the response of a
+succeeded create fed by a Salesforce Nexset with a write-back also queues that write-back
+(flows/salesforce/writeback.py).
 
 The record: ``id`` (the created object's id, at the top level so a follow-up destination can use ``{id}``),
 ``delivery`` (uuid), ``delivery_id``, ``destination``, ``state``, ``records`` ([{seq, source_ref}]),
@@ -28,6 +32,7 @@ from clazar_dest.clazar.transport import REDACTED, sanitize_url
 from flows import records
 from flows.config import DestinationConfig
 from flows.models import Attempt, Delivery, Destination, Nexset, Record
+from flows.salesforce import writeback
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,8 @@ def write(delivery_id: int) -> Record | None:
     if not DestinationConfig.from_json(destination.config).response_webhook:
         return None
     nexset = nexset_for(destination)
-    ref = f"delivery:{delivery.pk}"
+    # A delivery a person queued again (retry, replay, send again) gets a new final outcome: a new record.
+    ref = f"delivery:{delivery.pk}" + (f":{delivery.attempts}" if delivery.attempts_base else "")
     existing = Record.objects.filter(nexset=nexset, source_ref=ref).first()
     if existing is not None:
         return existing
@@ -70,7 +76,8 @@ def write(delivery_id: int) -> Record | None:
         with transaction.atomic():
             records.append(nexset.pk, [data], [ref])
     except IntegrityError:
-        pass  # written by another worker meanwhile
+        return Record.objects.filter(nexset=nexset, source_ref=ref).first()  # written by another worker
+    writeback.schedule(delivery)  # Salesforce Nexsets: the created id back into the source records
     return Record.objects.filter(nexset=nexset, source_ref=ref).first()
 
 

@@ -107,3 +107,17 @@ def salesforce_due() -> int:
     from flows.salesforce import pull
 
     return len(pull.due())
+
+
+@shared_task(name="flows.salesforce_writeback", ignore_result=True, bind=True, max_retries=3)
+def salesforce_writeback(self, delivery_id: int, only: list[str] | None = None) -> int:
+    """Write a created Clazar id back into the source Salesforce records (flows/salesforce/writeback.py).
+    Outcomes are audited there; only records Salesforce could not be reached for come back, at most
+    writeback.ATTEMPTS - 1 = 3 times."""
+    from flows.salesforce import writeback
+
+    attempt = self.request.retries + 1
+    result = writeback.run(delivery_id, only=only, attempt=attempt)
+    if result.again:
+        raise self.retry(args=(delivery_id, result.again), countdown=writeback.RETRY_SECONDS * attempt)
+    return len(result.outcomes)

@@ -10,6 +10,7 @@ from flows.views import (
     pages,
     salesforce,
     sfnexsets,
+    sfuser,
     users,
 )
 
@@ -54,6 +55,7 @@ urlpatterns = [
         name="destination_history_csv",
     ),
     path("destinations/<uuid:uuid>/history/bulk/", history.destination_bulk, name="destination_bulk"),
+    path("deliveries/pause-all/", dashboard.deliveries_pause_all, name="deliveries_pause_all"),
     path("deliveries/<uuid:uuid>/", history.delivery_detail, name="delivery_detail"),
     path("deliveries/<uuid:uuid>/retry/", history.delivery_retry, name="delivery_retry"),
     path("deliveries/<uuid:uuid>/replay/", history.delivery_replay, name="delivery_replay"),
@@ -87,9 +89,24 @@ urlpatterns = [
         sfnexsets.salesforce_mapping_preview,
         name="salesforce_mapping_preview",
     ),
+    path(
+        "nexsets/<uuid:uuid>/salesforce/writeback/",
+        sfuser.salesforce_writeback,
+        name="salesforce_writeback",
+    ),
     path("audit/", pages.audit_list, name="audit_list"),
     path("users/", users.user_list, name="user_list"),
     path("users/new/", users.user_new, name="user_new"),
     path("users/<int:user_id>/", users.user_edit, name="user_edit"),
     path("profile/", users.profile, name="profile"),
+    path(
+        "profile/salesforce/connect/",
+        sfuser.profile_salesforce_connect,
+        name="profile_salesforce_connect",
+    ),
+    path(
+        "profile/salesforce/disconnect/",
+        sfuser.profile_salesforce_disconnect,
+        name="profile_salesforce_disconnect",
+    ),
 ]

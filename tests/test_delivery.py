@@ -199,6 +199,36 @@ def test_a_put_that_fails_with_503_is_retried_and_then_succeeds(make, sim):
     assert sim.api.objects("private_offers")[0]["name"] == "B"
 
 
+def test_an_exhausted_delivery_retried_by_a_person_gets_a_fresh_round_of_retries(make, sim):
+    from flows import actions
+    from flows.outcomes import MAX_ATTEMPTS
+    from tests.factories import UserFactory
+
+    [offer] = sim.seed(private_offers=[{"name": "A", "listing": "l", "buyer": "123456789012"}])[
+        "private_offers"
+    ]
+    dest = make(UPDATE, [{"id": offer["id"], "name": "B"}])
+    sim.add_fault("error", route="update_private_offer", status=503, times=0)
+    run(dest)
+    tired = dest.deliveries.get()
+    dest.deliveries.update(attempts=MAX_ATTEMPTS - 1)
+    make_due(dest)
+    run(dest)
+    tired.refresh_from_db()
+    assert tired.state == S.EXHAUSTED
+
+    actions.retry(tired.pk, user=UserFactory(role="Operator"))
+    run(dest)
+    tired.refresh_from_db()
+    assert tired.state == S.RETRY_SCHEDULED, tired.last_error  # not exhausted again at once
+    assert tired.attempts == MAX_ATTEMPTS + 1
+    sim.clear_faults()
+    make_due(dest)
+    run(dest)
+    tired.refresh_from_db()
+    assert tired.state == S.SUCCEEDED
+
+
 def test_a_validation_error_is_permanent_with_clazars_message(make, sim):
     dest = make(CREATE, [{"name": "No buyer", "listing": "l"}])
     run(dest)

@@ -42,6 +42,7 @@ ROUTES = {
     "destination_history": ("get", "destination", roles.VIEWER),
     "destination_history_csv": ("get", "destination", roles.VIEWER),
     "destination_bulk": ("get", "destination", roles.OPERATOR),
+    "deliveries_pause_all": ("get", None, roles.ADMIN),
     "delivery_detail": ("get", "delivery", roles.VIEWER),
     "delivery_retry": ("post", "delivery", roles.OPERATOR),
     "delivery_replay": ("post", "delivery", roles.OPERATOR),
@@ -63,6 +64,7 @@ ROUTES = {
     "salesforce_nexset_pull": ("post", "sfnexset", roles.OPERATOR),
     "salesforce_mapping": ("get", "sfnexset", roles.ADMIN),
     "salesforce_mapping_preview": ("post", "sfnexset", roles.ADMIN),
+    "salesforce_writeback": ("get", "sfnexset", roles.ADMIN),
     "credential_list": ("get", None, roles.ADMIN),
     "credential_new": ("get", None, roles.ADMIN),
     "credential_edit": ("get", "credential", roles.ADMIN),
@@ -72,6 +74,8 @@ ROUTES = {
     "user_new": ("get", None, roles.ADMIN),
     "user_edit": ("get", "user", roles.ADMIN),
     "profile": ("get", None, NONE),
+    "profile_salesforce_connect": ("post", None, roles.VIEWER),
+    "profile_salesforce_disconnect": ("post", None, NONE),
 }
 
 # How to make the object a URL names: kind -> (request -> URL kwargs).

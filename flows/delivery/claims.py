@@ -30,6 +30,7 @@ FIELDS = (
     "destination_id",
     "state",
     "attempts",
+    "attempts_base",
     "method",
     "url",
     "body",

@@ -35,7 +35,7 @@ from django.utils import timezone
 from flows import audit, ratelimit
 from flows.delivery import claims, planner
 from flows.delivery.send import Context, count, deliver_one
-from flows.models import Delivery, Destination
+from flows.models import Credential, Delivery, Destination
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,13 @@ def probe(ctx: Context, lease: float, tally: Counter) -> bool:
     destination is active again."""
     now = timezone.now()
     dest_id = ctx.destination.pk
+    paused_until = Credential.objects.values_list("paused_until", flat=True).get(pk=ctx.credential.pk)
+    if paused_until is not None and paused_until > now:
+        # Clazar asked this credential to wait (429): the probe waits too, or its 429 would "resume" us.
+        Destination.objects.filter(pk=dest_id, status=Destination.Status.AUTO_PAUSED).update(
+            probe_at=paused_until
+        )
+        return False
     won = Destination.objects.filter(
         pk=dest_id, status=Destination.Status.AUTO_PAUSED, probe_at__lte=now
     ).update(probe_at=now + timedelta(seconds=settings.DELIVERY_PROBE_SECONDS))

@@ -97,6 +97,22 @@ def settle(delivery: Delivery, ctx: Context) -> str:
     return state
 
 
+def _unsettled_twin(delivery: Delivery, field: str, value: object) -> bool:
+    """Another delivery of the destination whose outcome is not known yet asks for an object with the
+    same lookup value: a single match could be either one's."""
+    others = (
+        Delivery.objects.filter(
+            destination_id=delivery.destination_id,
+            endpoint=delivery.endpoint,
+            is_test=False,
+            state__in=(Delivery.State.UNKNOWN, Delivery.State.SENDING, Delivery.State.NEEDS_ATTENTION),
+        )
+        .exclude(pk=delivery.pk)
+        .values_list("body", flat=True)
+    )
+    return any(_field(body, field) == value for body in others.iterator())
+
+
 def look_up(delivery: Delivery, endpoint: Endpoint | None, started: datetime, ctx: Context) -> Verdict:
     lookup = endpoint.lookup if endpoint else None
     if endpoint is None or lookup is None:
@@ -127,6 +143,12 @@ def look_up(delivery: Delivery, endpoint: Endpoint | None, started: datetime, ct
         )
         ids = [i for i in ids if i not in claimed]
         noun = _noun(endpoint)
+        if len(ids) == 1 and _unsettled_twin(delivery, lookup.field or lookup.param, value):
+            return Verdict(
+                "ambiguous",
+                f"A lookup by {lookup.field} {value!r} found {noun} {ids[0]}, but another record with the "
+                "same value is also waiting for its outcome, so which one was created can't be told.",
+            )
         if len(ids) == 1:
             return Verdict(
                 "found",

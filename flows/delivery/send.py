@@ -88,9 +88,12 @@ def unsafe(method: str, endpoint_key: str) -> bool:
     return method.upper() == "POST" or bool(endpoint and endpoint.action in ("create", "publish"))
 
 
-def exchange(delivery: Delivery, spec: RequestSpec, number: int, credential_id: int) -> Exchange:
-    """Open attempt ``number`` (committed), send ``spec`` with the credential, classify the answer. The
-    caller closes the attempt (``close_attempt``) together with its own write. Shared with Send Test Data."""
+def exchange(
+    delivery: Delivery, spec: RequestSpec, number: int, credential_id: int, in_round: int | None = None
+) -> Exchange:
+    """Open attempt ``number`` (committed), send ``spec`` with the credential, classify the answer as the
+    ``in_round``-th try of the current retry schedule (default: ``number``). The caller closes the attempt
+    (``close_attempt``) together with its own write. Shared with Send Test Data."""
     endpoint = BY_KEY.get(spec.endpoint)
     risky = unsafe(spec.method, spec.endpoint)
     attempt = open_attempt(delivery, spec, number)
@@ -104,7 +107,7 @@ def exchange(delivery: Delivery, spec: RequestSpec, number: int, credential_id: 
         status=result.status,
         headers=result.headers,
         body_json=result.json,
-        attempt=number,
+        attempt=in_round or number,
         now=timezone.now(),
         refreshed=result.refreshed,
         target_id=spec.target_id or None,
@@ -130,7 +133,8 @@ def spec_for(delivery: Delivery, headers: tuple[tuple[str, str], ...] = ()) -> R
 
 def deliver_one(delivery: Delivery, ctx: Context, tally: Counter | None = None) -> str:
     """Send one claimed delivery and settle it; returns the state it ended in."""
-    ex = exchange(delivery, spec_for(delivery, ctx.headers), delivery.attempts, ctx.credential.pk)
+    in_round = max(delivery.attempts - delivery.attempts_base, 1)
+    ex = exchange(delivery, spec_for(delivery, ctx.headers), delivery.attempts, ctx.credential.pk, in_round)
     state = record(delivery, ex)
     if tally is not None:
         count(tally, state)
@@ -161,8 +165,9 @@ def record(delivery: Delivery, ex: Exchange) -> str:
     state = STATE_FOR.get(outcome.action, Delivery.State.FAILED)
     fields: dict = {"state": state, "last_status": result.status, "lease_until": None, "updated_at": now}
     if outcome.action == "done":
-        fields["created_object_id"] = (outcome.created_id or "")[:255]
         endpoint = BY_KEY.get(delivery.endpoint)
+        known = outcome.created_id or ("" if endpoint is None or endpoint.creates else delivery.target_id)
+        fields["created_object_id"] = (known or "")[:255]  # updates/publishes: the object they changed
         lost_id = not outcome.created_id and endpoint is not None and endpoint.creates
         fields["last_error"] = outcome.message if lost_id else ""  # "accepted, but the id is not known"
     else:

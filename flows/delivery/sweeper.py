@@ -110,10 +110,10 @@ def wake_due(now: datetime) -> list[int]:
         status__in=(Destination.Status.ACTIVE, Destination.Status.AUTO_PAUSED)
     ).values_list("id", "status", "cursor", "probe_at", "nexset__last_seq", "credential__paused_until")
     for dest_id, status, cursor, probe_at, last_seq, paused_until in destinations:
-        if status == Destination.Status.AUTO_PAUSED:
+        if paused_until is not None and paused_until > now:
+            wanted = False  # the credential waits for Clazar's Retry-After, probes included
+        elif status == Destination.Status.AUTO_PAUSED:
             wanted = probe_at is not None and probe_at <= now
-        elif paused_until is not None and paused_until > now:
-            wanted = False
         else:
             wanted = last_seq > cursor or due_work(dest_id, now)
         if wanted:

@@ -20,10 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import connection as db
-from django.db import transaction
+from django.db import models, transaction
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 SESSION_KEY = "salesforce_oauth"
 FLOW_TTL = timedelta(minutes=15)
 PENDING_TTL = timedelta(minutes=15)
+
+Row = TypeVar("Row", bound=models.Model)
 
 
 class NotConnected(Exception):
@@ -167,9 +170,9 @@ def exchange(request: HttpRequest, flow: dict) -> tuple[oauth.Tokens, oauth.Iden
     return tokens, identity, instance, org_name
 
 
-def finish(request: HttpRequest) -> Connected:
-    """The org callback: store the connection (same org), or park a different org for confirmation."""
-    flow = take_flow(request)
+def finish(request: HttpRequest, flow: dict) -> Connected:
+    """The org callback: store the connection (same org), or park a different org for confirmation.
+    ``flow`` is what ``take_flow`` popped from the session."""
     tokens, identity, instance, org_name = exchange(request, flow)
     fields = {
         "environment": flow["environment"],
@@ -343,7 +346,7 @@ def client() -> SalesforceClient:
 def refresh(connection_id: int, failed: str) -> str:
     """A new access token after ``failed`` was refused; one refresh for all workers at a time."""
     broken: str | None = None
-    with _exclusive(connection_id) as row:
+    with exclusive(SalesforceConnection, connection_id) as row:
         if row is None:
             raise NotConnected("Salesforce was disconnected.")
         now_token = row.access_token.reveal() if row.access_token else ""
@@ -379,15 +382,17 @@ def refresh(connection_id: int, failed: str) -> str:
 
 
 @contextmanager
-def _exclusive(connection_id: int) -> Iterator[SalesforceConnection | None]:
+def exclusive(model: type[Row], pk: int) -> Iterator[Row | None]:
+    """Row ``pk`` of ``model`` (None when gone), held by this worker alone while it refreshes tokens: a row
+    lock on PostgreSQL, a file lock on SQLite. For the org connection and for people's own links."""
     if db.features.has_select_for_update:
         with transaction.atomic():
-            yield SalesforceConnection.objects.select_for_update().filter(pk=connection_id).first()
+            yield model._default_manager.select_for_update().filter(pk=pk).first()
     else:
         wait = sum(timeout()) + 10
         with file_lock(
-            f"salesforce-token-{connection_id}",
+            f"salesforce-token-{model._meta.model_name}-{pk}",
             wait=wait,
             on_timeout=lambda: NotConnected(f"Another worker has been refreshing for over {wait} s."),
         ):
-            yield SalesforceConnection.objects.filter(pk=connection_id).first()
+            yield model._default_manager.filter(pk=pk).first()

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from clazar_dest.salesforce import soql
@@ -123,14 +124,14 @@ def _run(imp: Import, tracker: Tracker) -> None:
     mapper = compile_mapping(source.mapping) if source.mapping is not None else None
     today = timezone.localdate()
     client = connection.client()
-    counts = {"read": 0, "new": 0, "updated": 0, "unchanged": 0, "rejected": 0}
+    counts = {"read": 0, "new": 0, "updated": 0, "unchanged": 0, "rejected": 0, "withdrawn": 0, "held": 0}
     problems: list[Problem] = []
     newest: datetime | None = None
     tracker.state.update(phase="storing", phase_started=time.time())
     for page in client.query(source.query(since=since)):
         if counts["read"] == 0:
             tracker.state["total"] = page.total_size
-        rows, refs = [], []
+        rows, refs, rejected = [], [], []
         for raw in page.records:
             counts["read"] += 1
             stamp = _stamp(raw.get("SystemModstamp"))
@@ -141,6 +142,7 @@ def _run(imp: Import, tracker: Tracker) -> None:
                 counts["rejected"] += 1
                 if len(problems) < MAX_PROBLEMS:
                     problems.append(Problem(f"{raw.get('Id')}: {'; '.join(errors)}", row=counts["read"]))
+                rejected.append(raw.get("Id"))
                 continue
             rows.append(data)
             refs.append(raw.get("Id"))
@@ -151,6 +153,9 @@ def _run(imp: Import, tracker: Tracker) -> None:
                 f"the filter matches over {settings.SALESFORCE_PULL_MAX_RECORDS:,} records; narrow it",
             )
         new, updated, unchanged = upsert(nexset.pk, rows, refs)
+        withdrawn, held = withdraw(nexset.pk, rejected)
+        counts["withdrawn"] += withdrawn
+        counts["held"] += held
         counts["new"] += new
         counts["updated"] += updated
         counts["unchanged"] += unchanged
@@ -164,6 +169,8 @@ def _run(imp: Import, tracker: Tracker) -> None:
         tracker._save(force=True)
     if newest is not None:
         Nexset.objects.filter(pk=nexset.pk).update(pull_watermark=newest)
+    if full:
+        rebuild_schema(nexset.pk)
     _finish(imp, counts, problems)
 
 
@@ -216,6 +223,35 @@ def upsert(nexset_id: int, rows: list[dict], refs: list[str]) -> tuple[int, int,
     return len(fresh), len(changed), unchanged
 
 
+def withdraw(nexset_id: int, refs: list[str]) -> tuple[int, int]:
+    """Records the mapping now rejects must not be sent in an earlier shape: delete the stored ones no
+    destination has planned yet. Returns (deleted, kept because a destination already planned them)."""
+    if not refs:
+        return 0, 0
+    with transaction.atomic():
+        Nexset.objects.select_for_update().only("id").get(pk=nexset_id)
+        stored = Record.objects.filter(nexset_id=nexset_id, source_ref__in=refs)
+        planned = stored.filter(delivery_items__isnull=False).values("id").distinct().count()
+        deleted, _ = stored.filter(delivery_items__isnull=True).delete()
+        if deleted:
+            Nexset.objects.filter(pk=nexset_id).update(record_count=F("record_count") - deleted)
+    return deleted, planned
+
+
+def rebuild_schema(nexset_id: int) -> None:
+    """After a full pull (a new mapping, say) the schema is inferred again from every stored record."""
+    schema: dict[str, Any] = {}
+    seen = 0
+    batch: list[dict] = []
+    for data in Record.objects.filter(nexset_id=nexset_id).values_list("data", flat=True).iterator(2000):
+        batch.append(data)
+        if len(batch) == 2000:
+            schema, seen = merge(schema, batch, seen=seen), seen + len(batch)
+            batch = []
+    schema = merge(schema, batch, seen=seen) if batch else schema
+    Nexset.objects.filter(pk=nexset_id).update(schema=schema)
+
+
 def _finish(imp: Import, counts: dict[str, int], problems: list[Problem]) -> None:
     parts = [f"Read {counts['read']:,} records: {counts['new']:,} new, {counts['updated']:,} updated"]
     if counts["unchanged"]:
@@ -229,6 +265,15 @@ def _finish(imp: Import, counts: dict[str, int], problems: list[Problem]) -> Non
             "will not be sent. Fix them in Salesforce (the next pull picks up the change) or change the "
             "mapping (then pull everything again)."
         )
+        if counts["withdrawn"]:
+            message += (
+                f" {counts['withdrawn']:,} of them were stored before in another shape and were removed."
+            )
+        if counts["held"]:
+            message += (
+                f" {counts['held']:,} of them were already planned by a destination in their earlier shape: "
+                "check its history."
+            )
     imp.status = status
     imp.message = message
     imp.errors = [p.as_dict() for p in problems]

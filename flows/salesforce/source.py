@@ -3,6 +3,9 @@
 object and fields come from the org's describe data; ``filter`` is a SOQL condition; ``every`` is the
 schedule in minutes (None = pull by hand); ``mapping`` (optional) is a field mapping to Clazar co-sell
 opportunity fields (clazar_dest/salesforce/mapping.py): with it, records hold the mapped fields only.
+``writeback`` (optional) writes the Clazar id of an object a destination created from a record back into
+a text field of the source Salesforce record, as one app user's own Salesforce login
+(flows/salesforce/writeback.py): ``{"field": "Clazar_Opportunity_Id__c", "user_id": 3}``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,34 @@ class SourceInvalid(ValueError):
 
 
 @dataclass(frozen=True)
+class Writeback:
+    """Write the created Clazar id into ``field`` of the source record, as app user ``user_id``."""
+
+    field: str
+    user_id: int
+
+    @classmethod
+    def from_json(cls, data: Any) -> Writeback | None:
+        """The setting, or None when it is off or unreadable (a write-back never guesses)."""
+        if not isinstance(data, dict):
+            return None
+        name, user_id = data.get("field"), data.get("user_id")
+        if not isinstance(name, str) or not name or isinstance(user_id, bool) or not isinstance(user_id, int):
+            return None
+        return cls(name, user_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "user_id": self.user_id}
+
+
+@dataclass(frozen=True)
 class SalesforceSource:
     object: str
     fields: tuple[str, ...]
     filter: str = ""
     every: int | None = None
     mapping: Mapping | None = field(default=None, compare=False)
+    writeback: Writeback | None = field(default=None, compare=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> SalesforceSource | None:
@@ -43,6 +68,7 @@ class SalesforceSource:
             filter=data.get("filter") or "",
             every=data.get("every"),
             mapping=mapping,
+            writeback=Writeback.from_json(data.get("writeback")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -52,6 +78,7 @@ class SalesforceSource:
             "filter": self.filter,
             "every": self.every,
             "mapping": self.mapping.to_json() if self.mapping else None,
+            "writeback": self.writeback.to_json() if self.writeback else None,
         }
 
     def selected(self) -> list[str]:
@@ -73,8 +100,11 @@ def build(
     every: str | int | None,
     describe_fields: list[dict] | None,
     mapping: Mapping | None = None,
+    writeback: Writeback | None = None,
 ) -> SalesforceSource:
-    """Validate settings from a form against the object's describe data; SourceInvalid names each field."""
+    """Validate settings from a form against the object's describe data; SourceInvalid names each field.
+    ``mapping`` and ``writeback`` are kept as they are (they have their own pages); a write-back field the
+    object does not have is an error, so changing the object never silently breaks the write-back."""
     errors: dict[str, list[str]] = {}
     try:
         soql.field_path(object_name)
@@ -111,9 +141,14 @@ def build(
             minutes = -1
         if minutes not in SCHEDULES:
             errors["every"] = ["Pick a schedule from the list."]
+    if writeback is not None and known and writeback.field not in known:
+        errors.setdefault("object", []).append(
+            f"The write-back writes into {writeback.field}, which {object_name} does not have: turn the "
+            "write-back off first, or keep the object."
+        )
     if errors:
         raise SourceInvalid(errors)
-    return SalesforceSource(object_name, tuple(chosen), text, minutes, mapping)
+    return SalesforceSource(object_name, tuple(chosen), text, minutes, mapping, writeback)
 
 
-__all__ = ["SCHEDULES", "MappingInvalid", "SalesforceSource", "SourceInvalid", "build"]
+__all__ = ["SCHEDULES", "MappingInvalid", "SalesforceSource", "SourceInvalid", "Writeback", "build"]

@@ -21,7 +21,7 @@ from flows import board as data
 from flows import charts
 from flows.config import DestinationConfig
 from flows.models import Credential, Delivery, Destination, Nexset, SalesforceConnection
-from flows.roles import OPERATOR, VIEWER, role_required
+from flows.roles import ADMIN, OPERATOR, VIEWER, role_required
 from flows.views.destinations import get_destination
 
 S = Delivery.State
@@ -158,3 +158,26 @@ def destination_deactivate(request: HttpRequest, uuid: Any) -> HttpResponse:
     if request.htmx:
         return HttpResponseClientRefresh()
     return redirect(_next(request, destination))
+
+
+@role_required(ADMIN)
+@require_http_methods(["GET", "POST"])
+def deliveries_pause_all(request: HttpRequest) -> HttpResponse:
+    """Stop every delivery at once (Admin), after a confirmation that lists what will pause."""
+    from flows import activation
+
+    running = Destination.objects.filter(
+        status__in=(Destination.Status.ACTIVE, Destination.Status.AUTO_PAUSED)
+    ).order_by("name")
+    if request.method == "GET":
+        return render(request, "deliveries/pause_all.html", {"running": running})
+    names = activation.pause_all(user=request.user, request=request)
+    if names:
+        messages.success(
+            request,
+            f"Paused {len(names)} destination{'s' if len(names) != 1 else ''}: {', '.join(names)}. "
+            "Requests already on their way finish and are recorded; activate each again when ready.",
+        )
+    else:
+        messages.info(request, "No destination was delivering.")
+    return redirect("dashboard")

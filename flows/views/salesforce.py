@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from clazar_dest.salesforce.client import SalesforceError, SalesforceUnavailable, object_access
 from flows import audit
 from flows.models import Import, Nexset
-from flows.roles import ADMIN, role_required
+from flows.roles import ADMIN, VIEWER, has_role, role_required
 from flows.salesforce import connection as sf
 from flows.salesforce.forms import AppForm
 
@@ -84,11 +84,19 @@ def salesforce_connect(request: HttpRequest) -> HttpResponse:
     return redirect(url)
 
 
-@role_required(ADMIN)
 @require_GET
 def salesforce_callback(request: HttpRequest) -> HttpResponse:
+    """The one redirect URI registered in Salesforce, for the org connection (Admin) and for a person's
+    own Salesforce link (any role, from the profile page); the flow in the session says which. Login is
+    required by the middleware; the role is checked here, once the purpose is known."""
+    flow = sf.take_flow(request)
+    needed = VIEWER if flow.get("purpose") == "user" else ADMIN
+    if not has_role(request.user, needed):
+        return render(request, "403.html", {"needed_role": needed}, status=403)
+    if needed == VIEWER:
+        return userlink_callback(request, flow)
     try:
-        done = sf.finish(request)
+        done = sf.finish(request, flow)
     except sf.ConnectError as exc:
         log.warning("salesforce callback refused (%s): %s", exc.kind, exc.message)
         audit.record(request, "salesforce.connect_failed", extra={"reason": exc.kind, "message": exc.message})
@@ -98,6 +106,13 @@ def salesforce_callback(request: HttpRequest) -> HttpResponse:
     else:
         messages.success(request, f"Connected to {done.org} as {done.username}.")
     return redirect("salesforce")
+
+
+def userlink_callback(request: HttpRequest, flow: dict) -> HttpResponse:
+    """A person's own Salesforce link (see flows/views/sfuser.py)."""
+    from flows.views.sfuser import finish_link
+
+    return finish_link(request, flow)
 
 
 @role_required(ADMIN)

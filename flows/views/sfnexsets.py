@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -25,7 +26,7 @@ from flows.models import Nexset
 from flows.roles import ADMIN, OPERATOR, role_required
 from flows.salesforce import connection as sf
 from flows.salesforce import describe, mapform, pull
-from flows.salesforce.source import SCHEDULES, SalesforceSource, SourceInvalid, build
+from flows.salesforce.source import SCHEDULES, SalesforceSource, SourceInvalid, Writeback, build
 
 log = logging.getLogger(__name__)
 SAMPLE_SIZE = 5
@@ -50,7 +51,9 @@ def _settings_context(source: SalesforceSource | None, object_name: str, errors:
     return context
 
 
-def _from_post(request: HttpRequest, mapping: Mapping | None) -> SalesforceSource:
+def _from_post(
+    request: HttpRequest, mapping: Mapping | None, writeback: Writeback | None = None
+) -> SalesforceSource:
     object_name = request.POST.get("object", "").strip()
     try:
         known = describe.fields(object_name) if object_name else []
@@ -63,12 +66,16 @@ def _from_post(request: HttpRequest, mapping: Mapping | None) -> SalesforceSourc
         request.POST.get("every"),
         known,
         mapping,
+        writeback,
     )
 
 
 @role_required(ADMIN)
 @require_http_methods(["GET", "POST"])
 def salesforce_nexset_new(request: HttpRequest) -> HttpResponse:
+    if sf.current() is None:
+        messages.info(request, "Connect a Salesforce org first; then pick the object and fields to pull.")
+        return redirect("salesforce")
     object_name = request.POST.get("object") or request.GET.get("object") or "Opportunity"
     name = request.POST.get("name", "").strip()
     if request.method == "POST":
@@ -135,7 +142,7 @@ def salesforce_nexset_edit(request: HttpRequest, uuid: Any) -> HttpResponse:
     )
     if request.method == "POST":
         try:
-            source = _from_post(request, current.mapping if current else None)
+            posted = _from_post(request, None, current.writeback if current else None)
         except SourceInvalid as exc:
             context = _settings_context(current, object_name, exc.errors)
             context.update(
@@ -145,6 +152,14 @@ def salesforce_nexset_edit(request: HttpRequest, uuid: Any) -> HttpResponse:
                 every=request.POST.get("every", ""),
             )
             return render(request, "salesforce/nexset_form.html", context, status=400)
+        # Keep what this form does not edit (the mapping, write-back).
+        source = (
+            replace(
+                current, object=posted.object, fields=posted.fields, filter=posted.filter, every=posted.every
+            )
+            if current is not None
+            else posted
+        )
         before = audit.snapshot(nexset, ["source"])
         changed_query = current is None or (source.object, source.fields, source.filter) != (
             current.object,
@@ -257,11 +272,10 @@ def salesforce_mapping(request: HttpRequest, uuid: Any) -> HttpResponse:
             context.update(mapform.rows(data, exc.errors))
             return render(request, "salesforce/mapping.html", context, status=400)
         before = audit.snapshot(nexset, ["source"])
-        updated = SalesforceSource(source.object, source.fields, source.filter, source.every, mapping)
+        updated = replace(source, mapping=mapping)
         with transaction.atomic():
             nexset.source = updated.to_json()
-            nexset.schema = {}  # records are re-shaped by the full pull below
-            nexset.save(update_fields=["source", "schema", "updated_at"])
+            nexset.save(update_fields=["source", "updated_at"])  # the full pull below re-infers the schema
             audit.record(
                 request,
                 "nexset.salesforce_mapping",
@@ -290,9 +304,8 @@ def salesforce_mapping(request: HttpRequest, uuid: Any) -> HttpResponse:
 
 def _remove_mapping(request: HttpRequest, nexset: Nexset, source: SalesforceSource) -> HttpResponse:
     before = audit.snapshot(nexset, ["source"])
-    nexset.source = SalesforceSource(source.object, source.fields, source.filter, source.every).to_json()
-    nexset.schema = {}
-    nexset.save(update_fields=["source", "schema", "updated_at"])
+    nexset.source = replace(source, mapping=None).to_json()
+    nexset.save(update_fields=["source", "updated_at"])
     audit.record(
         request, "nexset.salesforce_mapping", nexset, before=before, after=audit.snapshot(nexset, ["source"])
     )
@@ -319,7 +332,7 @@ def salesforce_mapping_preview(request: HttpRequest, uuid: Any) -> HttpResponse:
     if source is None:
         context["remote_error"] = "This Nexset has no Salesforce settings."
         return render(request, "salesforce/mapping.html#preview", context)
-    probe = SalesforceSource(source.object, source.fields, source.filter, None, mapping)
+    probe = replace(source, every=None, mapping=mapping)
     try:
         sample = _sample(probe.query(limit=SAMPLE_SIZE))
     except REMOTE_ERRORS as exc:

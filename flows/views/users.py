@@ -1,4 +1,4 @@
-"""Users and roles (Admin), and each user's own profile (password)."""
+"""Users and roles (Admin), and each user's own profile (password, Salesforce link: flows/views/sfuser.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods
 from flows import audit, roles
 from flows.forms import UserCreateForm, UserEditForm
 from flows.roles import ADMIN, role_required
+from flows.salesforce import userlink
 
 User = get_user_model()
 
@@ -76,4 +77,4 @@ def profile(request: HttpRequest) -> HttpResponse:
         audit.record(request, "user.password", user)
         messages.success(request, "Your password was changed.")
         return redirect("profile")
-    return render(request, "users/profile.html", {"form": form})
+    return render(request, "users/profile.html", {"form": form, **userlink.card(request.user)})
