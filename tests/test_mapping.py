@@ -1,4 +1,4 @@
-"""The Salesforce -> Clazar field mapping (clazar_dest/salesforce/mapping.py): pure, no database."""
+"""The Salesforce -> Clazar field mapping (clazar_dest/salesforce/mapping/): pure, no database."""
 
 from __future__ import annotations
 

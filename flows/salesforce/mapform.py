@@ -1,4 +1,4 @@
-"""The field-mapping form: POST fields <-> the mapping's JSON (clazar_dest/salesforce/mapping.py).
+"""The field-mapping form: POST fields <-> the mapping's JSON (clazar_dest/salesforce/mapping/).
 
 Per Clazar field ``t``: ``m-t-source`` (""/field/constant/expression), ``m-t-value``, a fallback
 ``m-t-fb-source`` / ``m-t-fb-value``, a value map ``m-t-values`` (lines "Salesforce value = Clazar value")

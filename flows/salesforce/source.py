@@ -2,7 +2,7 @@
 
 object and fields come from the org's describe data; ``filter`` is a SOQL condition; ``every`` is the
 schedule in minutes (None = pull by hand); ``mapping`` (optional) is a field mapping to Clazar co-sell
-opportunity fields (clazar_dest/salesforce/mapping.py): with it, records hold the mapped fields only.
+opportunity fields (clazar_dest/salesforce/mapping/): with it, records hold the mapped fields only.
 ``writeback`` (optional) writes the Clazar id of an object a destination created from a record back into
 a text field of the source Salesforce record, as one app user's own Salesforce login
 (flows/salesforce/writeback.py): ``{"field": "Clazar_Opportunity_Id__c", "user_id": 3}``.
