@@ -11,12 +11,14 @@ moves only when the whole pull finished, so a pull that fails half-way is simply
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection as db
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -213,7 +215,7 @@ def upsert(nexset_id: int, rows: list[dict], refs: list[str]) -> tuple[int, int,
                 else:
                     changed.append(Record(id=pk, data=row, updated_at=now))
         if changed:
-            Record.objects.bulk_update(changed, ["data", "updated_at"], batch_size=500)
+            _update_data(changed, now)
             nexset = Nexset.objects.get(pk=nexset_id)
             nexset.schema = merge(nexset.schema, [r.data for r in changed], seen=nexset.record_count)
             nexset.save(update_fields=["schema", "updated_at"])
@@ -221,6 +223,21 @@ def upsert(nexset_id: int, rows: list[dict], refs: list[str]) -> tuple[int, int,
         if fresh:
             records.append(nexset_id, [row for _, row in fresh], [ref for ref, _ in fresh])
     return len(fresh), len(changed), unchanged
+
+
+def _update_data(changed: list[Record], now: datetime) -> None:
+    """New data for known records. PostgreSQL: one UPDATE ... FROM unnest(...) per page (Django's bulk_update
+    builds a CASE per row, about 1 ms a record); elsewhere bulk_update."""
+    if db.vendor != "postgresql":
+        Record.objects.bulk_update(changed, ["data", "updated_at"], batch_size=500)
+        return
+    table = Record._meta.db_table
+    with db.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS r SET data = v.data, updated_at = %s "  # noqa: S608 - our table name
+            "FROM unnest(%s::bigint[], %s::jsonb[]) AS v(id, data) WHERE r.id = v.id",
+            [now, [r.pk for r in changed], [json.dumps(r.data) for r in changed]],
+        )
 
 
 def withdraw(nexset_id: int, refs: list[str]) -> tuple[int, int]:
