@@ -175,8 +175,9 @@ def test_an_admin_connects_pulls_maps_and_sends_a_mapped_opportunity_to_clazar(p
     first = samples.locator("details.sample").first
     expect(first.locator("pre.json")).to_contain_text('"cloud": "azure"')
     page.get_by_label("Test", exact=True).check()
+    expect(page.locator(".test-warning")).to_be_visible()  # the samples re-rendered in test mode
     first.get_by_role("button", name="Send Test Data").click()
-    expect(first.locator(".test-result")).to_contain_text("HTTP 201")
+    expect(first.locator(".test-result")).to_contain_text("HTTP 201", timeout=20_000)
     shot(page, "test-send")
 
     sent = clazar_sim.requests_log(method="POST", path="/opportunities/")
