@@ -559,9 +559,13 @@ def test_the_delivery_state_machine_keeps_its_invariants(settings, clazar_sim, m
     operator = UserFactory(role=roles.OPERATOR)  # made once: hashing its password is slow
     run_state_machine_as_test(
         lambda: DeliveryStates(clazar_sim, operator),
+        # Derandomized: CI runs the same 30 walks every time (a failure is reproducible); explore with
+        # more, random walks by hand (see the module docstring).
         settings=hypothesis_settings(
             max_examples=30,
             stateful_step_count=20,
+            derandomize=True,
+            database=None,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         ),
