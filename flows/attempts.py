@@ -3,6 +3,7 @@ crash mid-request leaves a visible trace instead of nothing (DESIGN.md 6.5)."""
 
 from __future__ import annotations
 
+from django.db import connection
 from django.utils import timezone
 
 from clazar_dest.clazar.spec import RequestSpec
@@ -29,9 +30,9 @@ def _text(body: bytes | None) -> str:
     return text + ("…" if len(body) > BODY_CAP else "")
 
 
-def open_attempt(delivery: Delivery, spec: RequestSpec, number: int) -> Attempt:
-    """Create and commit the attempt before anything is sent (one INSERT: autocommitted)."""
-    return Attempt.objects.create(
+def new_attempt(delivery: Delivery, spec: RequestSpec, number: int) -> Attempt:
+    """The attempt row about to be sent, not saved yet."""
+    return Attempt(
         delivery=delivery,
         number=number,
         started_at=timezone.now(),
@@ -42,15 +43,41 @@ def open_attempt(delivery: Delivery, spec: RequestSpec, number: int) -> Attempt:
     )
 
 
+def open_attempt(delivery: Delivery, spec: RequestSpec, number: int) -> Attempt:
+    """Create and commit the attempt before anything is sent (one INSERT: autocommitted)."""
+    attempt = new_attempt(delivery, spec, number)
+    attempt.save(force_insert=True)
+    return attempt
+
+
+def open_attempts(attempts: list[Attempt]) -> list[Attempt]:
+    """Insert (and commit) several attempts in one statement; each gets its id."""
+    if len(attempts) > 1 and connection.features.can_return_rows_from_bulk_insert:
+        Attempt.objects.bulk_create(attempts)
+    else:
+        for attempt in attempts:
+            attempt.save(force_insert=True)
+    return attempts
+
+
+def closing(result: AttemptResult, outcome: Outcome) -> dict[str, object]:
+    """The attempt's fields once Clazar answered (or why nothing was) and what that means."""
+    return {
+        "finished_at": timezone.now(),
+        "request_headers": dict(result.request_headers),
+        "status_code": result.status,
+        "response_headers": dict(result.headers),
+        "response_body": result.body[:BODY_CAP],
+        "duration_ms": result.duration_ms,
+        "outcome": OUTCOME_OF.get(outcome.action, Attempt.Outcome.FAILED),
+        "error": " ".join(filter(None, [result.error, *result.notes]))[:5000],
+    }
+
+
 def close_attempt(attempt: Attempt, result: AttemptResult, outcome: Outcome) -> Attempt:
     """Complete the attempt with what Clazar answered (or why nothing was) and what that means."""
-    attempt.finished_at = timezone.now()
-    attempt.request_headers = dict(result.request_headers)
-    attempt.status_code = result.status
-    attempt.response_headers = dict(result.headers)
-    attempt.response_body = result.body[:BODY_CAP]
-    attempt.duration_ms = result.duration_ms
-    attempt.outcome = OUTCOME_OF.get(outcome.action, Attempt.Outcome.FAILED)
-    attempt.error = " ".join(filter(None, [result.error, *result.notes]))[:5000]
-    attempt.save()
+    values = closing(result, outcome)
+    for name, value in values.items():
+        setattr(attempt, name, value)
+    attempt.save(update_fields=list(values))
     return attempt

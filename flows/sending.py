@@ -20,7 +20,6 @@ from clazar_dest.clazar.auth import AuthError
 from clazar_dest.clazar.spec import RequestSpec
 from clazar_dest.clazar.transport import AttemptResult
 from flows import tokens
-from flows.models import Credential
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +31,25 @@ LASTING_AUTH_KINDS = ("rejected", "redirect")
 
 
 def send_for_credential(
-    spec: RequestSpec, credential_id: int, *, idempotency_key: str | None
+    spec: RequestSpec,
+    credential_id: int,
+    *,
+    idempotency_key: str | None,
+    view: tokens.CredentialView | None = None,
 ) -> AttemptResult:
     """Send ``spec`` with the credential's token. Never raises for Clazar's answers or network failures;
     when no token can be had, nothing is sent and ``error_kind`` is ``auth_rejected`` (the credential is
     refused: permanent) or ``auth_unavailable`` (try again later). A request to any other origin than the
-    credential's API base is never sent (``invalid``): the token must not leave for another host."""
-    credential = Credential.objects.only("id", "uuid", "api_base").get(pk=credential_id)
+    credential's API base is never sent (``invalid``): the token must not leave for another host.
+    ``view``: a credential view shared by the sends of one deliver run (read once otherwise)."""
+    view = view or tokens.CredentialView(credential_id)
+    credential = view.row()
     problem = pinned(spec.url, credential.api_base)
     if problem:
         return _not_sent(spec, "invalid", f"Not sent: {problem}")
     session = transport.session_for(str(credential.uuid))
     try:
-        token = tokens.get_token(credential_id)
+        token = view.token()
     except AuthError as exc:
         return _not_sent(spec, _auth_kind(exc), exc.message)
     result = _send(spec, token, session, idempotency_key)
@@ -52,6 +57,7 @@ def send_for_credential(
         return result
 
     tokens.invalidate(credential_id, token)
+    view.drop()
     log.info(
         "credential %s: 401 from Clazar for %s %s; refreshing the token",
         credential.uuid,
@@ -59,7 +65,7 @@ def send_for_credential(
         result.url,
     )
     try:
-        token = tokens.get_token(credential_id)
+        token = view.token()
     except AuthError as exc:
         return replace(_not_sent(spec, _auth_kind(exc), exc.message), refreshed=True, notes=(REFRESH_NOTE,))
     again = _send(spec, token, session, idempotency_key)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
@@ -58,6 +60,44 @@ def get_token(credential_id: int) -> str:
     if token is not None:
         return token
     return _refresh(credential_id, started)
+
+
+class CredentialView:
+    """What a send needs of a credential (API base and token), read from its row once, or at most every
+    ``ttl`` seconds when a deliver run's threads share the view: then a send costs no query while the
+    token stays good. A refresh (``token``) and ``drop`` (after a 401) read the row again; an edit of the
+    credential reaches a shared view within ``ttl``."""
+
+    FIELDS = ("id", "uuid", "api_base", "access_token", "token_expires_at", "checked_at")
+
+    def __init__(self, credential_id: int, ttl: float = 0.0) -> None:
+        self.credential_id = credential_id
+        self.ttl = ttl
+        self._row: Credential | None = None
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+
+    def row(self) -> Credential:
+        with self._lock:
+            stale = self.ttl > 0 and time.monotonic() - self._read_at >= self.ttl
+            if self._row is None or stale:
+                self._row = Credential.objects.only(*self.FIELDS).get(pk=self.credential_id)
+                self._read_at = time.monotonic()
+            return self._row
+
+    def token(self) -> str:
+        """As ``get_token``, from the row already read while its token stays usable."""
+        started = timezone.now()
+        token = _usable(self.row(), started)
+        if token is not None:
+            return token
+        token = _refresh(self.credential_id, started)
+        self.drop()
+        return token
+
+    def drop(self) -> None:
+        with self._lock:
+            self._row = None
 
 
 def invalidate(credential_id: int, token: str) -> bool:

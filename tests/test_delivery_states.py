@@ -12,6 +12,10 @@ decide needs-attention deliveries after looking in Clazar ("it was created" when
 "send again" when it is not). A round of the retry schedule is cut to two tries so "exhausted" and an
 operator's fresh round are reachable.
 
+CI runs a fixed set of 30 walks (derandomized, so a failure reproduces). To explore, set
+``DELIVERY_STATE_WALKS=500`` in the environment: that many random walks, shrunk to the shortest failing
+one when an invariant breaks.
+
 Each example runs inside a savepoint rolled back at its end, with the simulator reset, so examples do not
 see each other. Then: the properties that found bugs (fixed since), and properties of the pure
 classification (``flows.outcomes``) that tests/test_outcomes.py does not cover.
@@ -20,6 +24,7 @@ classification (``flows.outcomes``) that tests/test_outcomes.py does not cover.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -557,14 +562,15 @@ def test_the_delivery_state_machine_keeps_its_invariants(settings, clazar_sim, m
     settings.DELIVERY_BREAKER_FAILURES = 4
     settings.DELIVERY_RECONCILE_TRIES = 2
     operator = UserFactory(role=roles.OPERATOR)  # made once: hashing its password is slow
+    explore = int(os.environ.get("DELIVERY_STATE_WALKS", "0"))
     run_state_machine_as_test(
         lambda: DeliveryStates(clazar_sim, operator),
         # Derandomized: CI runs the same 30 walks every time (a failure is reproducible); explore with
         # more, random walks by hand (see the module docstring).
         settings=hypothesis_settings(
-            max_examples=30,
+            max_examples=explore or 30,
             stateful_step_count=20,
-            derandomize=True,
+            derandomize=not explore,
             database=None,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -25,9 +25,11 @@ came while reading the body: Clazar answered, only the body is incomplete.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.client
 import json
 import logging
+import os
 import re
 import socket
 import ssl
@@ -150,8 +152,55 @@ class _Probe:
         with self._lock:
             self._done = True
 
+    @property
+    def finished(self) -> bool:
+        return self._done
+
 
 _local = threading.local()
+
+
+class _Watchdog:
+    """One thread per process that expires the probes whose deadline passed (a ``threading.Timer`` per
+    call would start a thread for every request). Started on first use, and again in a forked child."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, _Probe]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, probe: _Probe, seconds: float) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._due, (time.monotonic() + seconds, self._seq, probe))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="clazar-watchdog", daemon=True)
+                self._thread.start()
+            elif self._due[0][2] is probe:
+                self._cond.notify()  # the new deadline is the earliest: wake the thread to wait less
+
+    def _run(self) -> None:
+        while True:
+            expired = []
+            with self._cond:
+                now = time.monotonic()
+                while self._due and (self._due[0][0] <= now or self._due[0][2].finished):
+                    expired.append(heapq.heappop(self._due)[2])
+                if not expired:
+                    self._cond.wait(self._due[0][0] - now if self._due else None)
+                    continue
+            for probe in expired:  # outside the lock: expire() shuts a socket
+                probe.expire()
+
+    def _after_fork(self) -> None:
+        self._cond = threading.Condition()
+        self._due = []
+        self._thread = None
+
+
+_watchdog = _Watchdog()
+os.register_at_fork(after_in_child=_watchdog._after_fork)
 
 
 class _Deadline(OSError):
@@ -452,10 +501,8 @@ def send(
     env = session.merge_environment_settings(prepared.url, {}, False, None, None)
     timeouts = (connect_timeout, read_timeout, deadline)
     probe = _Probe(exact=isinstance(session.get_adapter(prepared.url or spec.url), _Adapter))
-    watchdog = threading.Timer(max(deadline, 0.001), probe.expire)
-    watchdog.daemon = True
     _local.probe = probe
-    watchdog.start()
+    _watchdog.arm(probe, max(deadline, 0.001))
     response: requests.Response | None = None
     try:
         # The adapter, not session.send(): even with allow_redirects=False, Session.send() reads a 3xx
@@ -482,8 +529,7 @@ def send(
             status=response.status_code, headers=dict(response.headers), error_kind=kind, error=message
         )
     finally:
-        probe.finish()
-        watchdog.cancel()
+        probe.finish()  # the watchdog drops a finished probe
         _local.probe = None
         if response is not None:
             response.close()  # after a truncated read this drops the connection instead of draining it

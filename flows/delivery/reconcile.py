@@ -189,7 +189,9 @@ def look_up(delivery: Delivery, endpoint: Endpoint | None, started: datetime, ct
 def _get(url: str, ctx: Context) -> dict | Verdict:
     if not ratelimit.wait_for(ctx.credential, timeout=settings.DELIVERY_LEASE_SECONDS / 2):
         return Verdict("error", "No request budget was free for the lookup.")
-    result = send_for_credential(RequestSpec("GET", url, None, ()), ctx.credential.pk, idempotency_key=None)
+    result = send_for_credential(
+        RequestSpec("GET", url, None, ()), ctx.credential.pk, idempotency_key=None, view=ctx.view
+    )
     if result.status == 404:
         return Verdict("absent", "Clazar has no such object (HTTP 404).")
     if result.status != 200 or not isinstance(result.json, dict):

@@ -4,6 +4,9 @@ The order matters: the Attempt row is committed as ``sending`` before the socket
 classified by ``flows.outcomes.classify``; then the attempt and the delivery are written in one
 transaction, fenced on (state, attempts) so a worker that lost its lease can't overwrite what the sweeper
 decided, except to settle an ``unknown`` the sweeper set while the answer was still on its way.
+Both writes are group commits across the deliver run's threads (``flows.delivery.batch``): a thread
+waits until the batch holding its write is committed, so the order above holds for every send. The
+credential's API base and token come from a view of its row shared by the run (``tokens.CredentialView``).
 
 Side effects after the write: a 429 pauses the whole credential until Retry-After; server-side failures
 count towards the circuit breaker (any answer from Clazar resets it); an unknown create or publish is
@@ -27,9 +30,10 @@ from django.utils import timezone
 from clazar_dest.clazar.endpoints import BY_KEY
 from clazar_dest.clazar.spec import RequestSpec
 from clazar_dest.clazar.transport import AttemptResult
-from flows import audit, ratelimit
-from flows.attempts import close_attempt, open_attempt
+from flows import audit, ratelimit, tokens
+from flows.attempts import closing, new_attempt, open_attempts
 from flows.config import DestinationConfig, scan_headers
+from flows.delivery.batch import GroupCommit, set_many
 from flows.models import Attempt, Credential, Delivery, Destination
 from flows.outcomes import RETRY_AFTER_MAX, RETRY_AFTER_MIN, Outcome, classify, retry_after_seconds
 from flows.sending import send_for_credential
@@ -46,6 +50,7 @@ STATE_FOR = {
 }
 FINAL = (Delivery.State.SUCCEEDED, Delivery.State.FAILED, Delivery.State.EXHAUSTED)
 _tally_lock = threading.Lock()
+VIEW_SECONDS = 0.5  # how stale a deliver run's view of its credential may be (as the loop's gate)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,16 @@ class Context:
     halt: threading.Event = field(default_factory=threading.Event)
     # Whether the breaker count may be above zero (so a success must reset it): saves a write per send.
     failing: bool = True
+    # The credential's API base and token as the sends of this run see them (re-read at most every 0.5 s).
+    view: tokens.CredentialView = field(init=False)
+    # The attempt rows and the outcomes of this run's threads, written in batches (``batch.GroupCommit``).
+    opener: GroupCommit[Attempt, Attempt] = field(init=False)
+    recorder: GroupCommit[Written, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.view = tokens.CredentialView(self.credential.pk, ttl=VIEW_SECONDS)
+        self.opener = GroupCommit(open_attempts)
+        self.recorder = GroupCommit(write_outcomes)
 
     @classmethod
     def load(cls, destination_id: int) -> Context | None:
@@ -89,16 +104,27 @@ def unsafe(method: str, endpoint_key: str) -> bool:
 
 
 def exchange(
-    delivery: Delivery, spec: RequestSpec, number: int, credential_id: int, in_round: int | None = None
+    delivery: Delivery,
+    spec: RequestSpec,
+    number: int,
+    credential_id: int,
+    in_round: int | None = None,
+    view: tokens.CredentialView | None = None,
+    opener: GroupCommit[Attempt, Attempt] | None = None,
 ) -> Exchange:
     """Open attempt ``number`` (committed), send ``spec`` with the credential, classify the answer as the
     ``in_round``-th try of the current retry schedule (default: ``number``). The caller closes the attempt
-    (``close_attempt``) together with its own write. Shared with Send Test Data."""
+    (``close_attempt``) together with its own write. Shared with Send Test Data. ``view`` and ``opener``:
+    the deliver run's shared credential view and attempt batches."""
     endpoint = BY_KEY.get(spec.endpoint)
     risky = unsafe(spec.method, spec.endpoint)
-    attempt = open_attempt(delivery, spec, number)
+    attempt = new_attempt(delivery, spec, number)
+    if opener is not None:
+        opener.submit(attempt)
+    else:
+        open_attempts([attempt])
     result = send_for_credential(
-        spec, credential_id, idempotency_key=str(delivery.idempotency_key) if risky else None
+        spec, credential_id, idempotency_key=str(delivery.idempotency_key) if risky else None, view=view
     )
     outcome = classify(
         method=spec.method,
@@ -134,8 +160,11 @@ def spec_for(delivery: Delivery, headers: tuple[tuple[str, str], ...] = ()) -> R
 def deliver_one(delivery: Delivery, ctx: Context, tally: Counter | None = None) -> str:
     """Send one claimed delivery and settle it; returns the state it ended in."""
     in_round = max(delivery.attempts - delivery.attempts_base, 1)
-    ex = exchange(delivery, spec_for(delivery, ctx.headers), delivery.attempts, ctx.credential.pk, in_round)
-    state = record(delivery, ex)
+    spec = spec_for(delivery, ctx.headers)
+    ex = exchange(
+        delivery, spec, delivery.attempts, ctx.credential.pk, in_round, view=ctx.view, opener=ctx.opener
+    )
+    state = record(delivery, ex, ctx.recorder)
     if tally is not None:
         count(tally, state)
     if ex.result.status == 429:
@@ -158,8 +187,18 @@ def count(tally: Counter, key: str) -> None:
         tally[key] += 1
 
 
-def record(delivery: Delivery, ex: Exchange) -> str:
-    """Write the attempt and the delivery's new state in one transaction; return that state."""
+@dataclass(frozen=True)
+class Written:
+    """One outcome to write: the delivery as claimed, its exchange and the delivery's new fields."""
+
+    delivery: Delivery
+    exchange: Exchange
+    fields: dict
+
+
+def record(delivery: Delivery, ex: Exchange, recorder: GroupCommit[Written, str] | None = None) -> str:
+    """Write the attempt and the delivery's new state (in one transaction, batched with the other threads'
+    through ``recorder``); return the delivery's state."""
     now = timezone.now()
     outcome, result = ex.outcome, ex.result
     state = STATE_FOR.get(outcome.action, Delivery.State.FAILED)
@@ -182,20 +221,51 @@ def record(delivery: Delivery, ex: Exchange) -> str:
         # Held by this worker for the lookup that follows at once.
         fields["next_attempt_at"] = now
         fields["lease_until"] = now + timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
+    written = Written(delivery, ex, fields)
+    return recorder.submit(written) if recorder is not None else write_outcomes([written])[0]
+
+
+def write_outcomes(batch: list[Written]) -> list[str]:
+    """Close the attempts and move the deliveries on, in one transaction; returns each delivery's state.
+    A delivery is moved only while it is still this send's (same attempt count, still ``sending`` or the
+    ``unknown`` the sweeper set while the answer was on its way): the rows are locked first (in id order,
+    so two batches never deadlock) and the fence checked on what they hold."""
+    fenced = (Delivery.State.SENDING, Delivery.State.UNKNOWN)
     with transaction.atomic():
-        close_attempt(ex.attempt, result, outcome)
-        mine = Delivery.objects.filter(
-            pk=delivery.pk,
-            attempts=delivery.attempts,
-            state__in=(Delivery.State.SENDING, Delivery.State.UNKNOWN),
-        ).update(**fields)
-    if not mine:
-        # The lease ran out and the sweeper queued it again (an idempotent request): leave that be.
-        log.warning(
-            "delivery %s: answer came after the lease was resolved; kept as the sweeper left it",
-            delivery.uuid,
+        held = {
+            pk: (attempts, state)
+            for pk, attempts, state in Delivery.objects.select_for_update()
+            .filter(pk__in=[w.delivery.pk for w in batch])
+            .order_by("pk")
+            .values_list("pk", "attempts", "state")
+        }
+        set_many(
+            Attempt, [(w.exchange.attempt.pk, closing(w.exchange.result, w.exchange.outcome)) for w in batch]
         )
-        return Delivery.objects.values_list("state", flat=True).get(pk=delivery.pk)
+        mine = {
+            w.delivery.pk
+            for w in batch
+            if held.get(w.delivery.pk, (None, ""))[0] == w.delivery.attempts
+            and held[w.delivery.pk][1] in fenced
+        }
+        set_many(Delivery, [(w.delivery.pk, w.fields) for w in batch if w.delivery.pk in mine])
+    states = []
+    for w in batch:
+        if w.delivery.pk in mine:
+            states.append(w.fields["state"])
+            _log_outcome(w)
+        else:
+            # The lease ran out and the sweeper queued it again (an idempotent request): leave that be.
+            log.warning(
+                "delivery %s: answer came after the lease was resolved; kept as the sweeper left it",
+                w.delivery.uuid,
+            )
+            states.append(held.get(w.delivery.pk, (None, "deleted"))[1])
+    return states
+
+
+def _log_outcome(w: Written) -> None:
+    delivery, result = w.delivery, w.exchange.result
     log.info(
         "delivery %s attempt %s: %s %s -> %s (%s)",
         delivery.uuid,
@@ -203,9 +273,8 @@ def record(delivery: Delivery, ex: Exchange) -> str:
         delivery.method,
         result.url,
         result.status if result.status is not None else result.error_kind,
-        state,
+        w.fields["state"],
     )
-    return state
 
 
 def pause_credential(credential: Credential, ex: Exchange) -> None:

@@ -1,0 +1,163 @@
+"""Group commit of the deliver threads' writes (flows.delivery.batch): each thread's write is committed
+before it goes on, batches form when threads overlap, a failed batch fails each of its writes, and the
+engine with a pool of threads keeps "the attempt is committed before the request leaves" for every send,
+as seen by Clazar's side of the socket."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from clazar_dest.simulators import clazar as clazar_sim_module
+from clazar_dest.simulators.clazar import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+from flows import delivery, records
+from flows.delivery.batch import GroupCommit, set_many
+from flows.models import Attempt, Delivery, Destination
+from tests.factories import CredentialFactory, DestinationFactory, NexsetFactory
+
+S = Delivery.State
+
+
+def in_threads(count: int, work) -> list:
+    results: list = [None] * count
+    gate = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        gate.wait(10)
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # returned for the test to look at
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def test_each_thread_gets_its_own_result_and_overlapping_writes_share_a_batch():
+    seen: list[list[int]] = []
+
+    def write_many(items: list[int]) -> list[int]:
+        seen.append(items)
+        time.sleep(0.02)  # a slow commit: the others queue up behind it
+        return [item * 10 for item in items]
+
+    group = GroupCommit(write_many)
+    results = in_threads(24, group.submit)
+    assert results == [i * 10 for i in range(24)]
+    assert sorted(i for batch in seen for i in batch) == list(range(24))  # each write exactly once
+    assert group.batches == len(seen) < 24  # and some batches held several
+
+
+def test_when_a_batch_fails_each_write_is_tried_again_alone_so_only_a_failing_one_fails():
+    calls: list[list[int]] = []
+
+    def write_many(items: list[int]) -> list[int]:
+        calls.append(items)
+        time.sleep(0.02)
+        if 3 in items:  # say, the thread writing this one lost its database connection
+            raise RuntimeError("the database went away")
+        return items
+
+    group = GroupCommit(write_many)
+
+    def submit(i: int) -> int:
+        time.sleep(0 if i == 0 else 0.005)  # 0 writes alone; the others queue up behind it together
+        return group.submit(i)
+
+    results = in_threads(8, submit)
+    assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+    assert isinstance(results[3], RuntimeError) and "went away" in str(results[3])
+    assert any(len(batch) > 1 and 3 in batch for batch in calls)  # it failed a shared batch first
+    assert [3] in calls  # then alone
+
+
+@pytest.mark.django_db
+def test_set_many_updates_rows_by_key_with_different_fields_and_typed_values():
+    dest = DestinationFactory()
+    rows = [Delivery.objects.create(destination=dest, method="POST", url="https://x/") for _ in range(3)]
+    attempt = Attempt.objects.create(
+        delivery=rows[0], number=1, started_at=timezone.now(), method="POST", url="https://x/"
+    )
+    later = timezone.now() + timedelta(minutes=5)
+    set_many(
+        Delivery,
+        [
+            (rows[0].pk, {"state": S.SUCCEEDED, "created_object_id": "po-1", "finished_at": later}),
+            (rows[1].pk, {"state": S.RETRY_SCHEDULED, "next_attempt_at": later, "last_status": 503}),
+            (rows[2].pk, {"state": S.SUCCEEDED, "created_object_id": "po-3", "finished_at": later}),
+        ],
+    )
+    set_many(Attempt, [(attempt.pk, {"response_headers": {"X-Request-Id": "r-1"}, "status_code": 201})])
+    got = {d.pk: d for d in Delivery.objects.filter(pk__in=[r.pk for r in rows])}
+    assert (got[rows[0].pk].state, got[rows[0].pk].created_object_id) == (S.SUCCEEDED, "po-1")
+    assert got[rows[0].pk].finished_at == later
+    assert (got[rows[1].pk].state, got[rows[1].pk].last_status) == (S.RETRY_SCHEDULED, 503)
+    assert got[rows[1].pk].next_attempt_at == later and got[rows[1].pk].created_object_id == ""
+    assert got[rows[2].pk].created_object_id == "po-3"
+    attempt.refresh_from_db()
+    assert (attempt.response_headers, attempt.status_code) == ({"X-Request-Id": "r-1"}, 201)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_a_pool_of_threads_every_attempt_is_committed_before_clazar_sees_the_request(
+    settings, clazar_sim, monkeypatch
+):
+    settings.CLAZAR_API_BASES = ["https://api.clazar.io", clazar_sim.url]
+    clazar_sim.add_fault("latency", seconds=0.05)
+    credential = CredentialFactory(
+        api_base=clazar_sim.url,
+        client_id=DEFAULT_CLIENT_ID,
+        client_secret=DEFAULT_CLIENT_SECRET,
+        rate_limit=100_000,
+    )
+    nexset = NexsetFactory()
+    rows = [{"name": f"Offer {i}", "listing": "lst-1", "buyer": f"{i:012d}"} for i in range(60)]
+    records.append(nexset.pk, rows)
+    dest = DestinationFactory(
+        nexset=nexset,
+        credential=credential,
+        config={"mode": "template", "template": "create_private_offer"},
+        status=Destination.Status.ACTIVE,
+    )
+    # On Clazar's side, before the request is handled: is its attempt committed (seen from another
+    # database connection) and still open?
+    checked: list[tuple[str, bool]] = []
+    serve = clazar_sim_module._Handler._serve
+
+    def checking(handler) -> None:
+        key = handler.headers.get("Idempotency-Key")
+        if key:
+            try:
+                sent = Delivery.objects.filter(idempotency_key=key).values_list("pk", "attempts").first()
+                ok = (
+                    sent is not None
+                    and Attempt.objects.filter(
+                        delivery_id=sent[0], number=sent[1], outcome=Attempt.Outcome.SENDING
+                    ).exists()
+                )
+            finally:
+                connections.close_all()
+            checked.append((key, ok))
+        serve(handler)
+
+    monkeypatch.setattr(clazar_sim_module._Handler, "_serve", checking)
+    tally = delivery.process_due(dest.pk, threads=8, lease_seconds=30)
+    assert tally["claimed"] == 60
+    assert dict(Counter(dest.deliveries.values_list("state", flat=True))) == {S.SUCCEEDED: 60}
+    assert len(checked) == 60 and all(ok for _, ok in checked)
+    assert len(clazar_sim.objects("private_offers")) == 60
+    # Each delivery has its one attempt, closed with Clazar's answer.
+    assert (
+        list(Attempt.objects.filter(delivery__destination=dest).values_list("outcome", flat=True))
+        == [Attempt.Outcome.SUCCEEDED] * 60
+    )
