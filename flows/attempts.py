@@ -3,11 +3,11 @@ crash mid-request leaves a visible trace instead of nothing (DESIGN.md 6.5)."""
 
 from __future__ import annotations
 
-from django.db import connection
 from django.utils import timezone
 
 from clazar_dest.clazar.spec import RequestSpec
 from clazar_dest.clazar.transport import AttemptResult, sanitize_url
+from flows.bulk import insert_many
 from flows.models import Attempt, Delivery
 from flows.outcomes import Outcome
 
@@ -52,11 +52,7 @@ def open_attempt(delivery: Delivery, spec: RequestSpec, number: int) -> Attempt:
 
 def open_attempts(attempts: list[Attempt]) -> list[Attempt]:
     """Insert (and commit) several attempts in one statement; each gets its id."""
-    if len(attempts) > 1 and connection.features.can_return_rows_from_bulk_insert:
-        Attempt.objects.bulk_create(attempts)
-    else:
-        for attempt in attempts:
-            attempt.save(force_insert=True)
+    insert_many(Attempt, attempts)
     return attempts
 
 

@@ -17,7 +17,8 @@ from django.utils import timezone
 from clazar_dest.simulators import clazar as clazar_sim_module
 from clazar_dest.simulators.clazar import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from flows import delivery, records
-from flows.delivery.batch import GroupCommit, set_many
+from flows.bulk import insert_many, set_many
+from flows.delivery.batch import GroupCommit
 from flows.models import Attempt, Delivery, Destination
 from tests.factories import CredentialFactory, DestinationFactory, NexsetFactory
 
@@ -106,6 +107,54 @@ def test_set_many_updates_rows_by_key_with_different_fields_and_typed_values():
     assert got[rows[2].pk].created_object_id == "po-3"
     attempt.refresh_from_db()
     assert (attempt.response_headers, attempt.status_code) == ({"X-Request-Id": "r-1"}, 201)
+
+
+@pytest.mark.django_db
+def test_insert_many_stores_every_field_as_save_would_and_gives_each_object_its_id():
+    dest = DestinationFactory()
+    now = timezone.now()
+    rows = [
+        Delivery(destination=dest, method="POST", url="https://x/a", body=b'{"name": "\xc3\xa9"}'),
+        Delivery(
+            destination=dest,
+            method="PUT",
+            url="https://x/b",
+            body=None,
+            target_id="po-1",
+            next_attempt_at=now,
+        ),
+        Delivery(destination=dest, state=S.FAILED, method="POST", url="", last_error='it\'s "bad"\n{x}'),
+    ]
+    insert_many(Delivery, rows)
+    assert all(row.pk for row in rows) and len({row.pk for row in rows}) == 3
+    stored = {d.pk: d for d in Delivery.objects.filter(destination=dest)}
+    for row in rows:
+        got = stored[row.pk]  # each id belongs to its own object
+        assert (got.url, got.method, got.state, got.target_id) == (
+            row.url,
+            row.method,
+            row.state,
+            row.target_id,
+        )
+        assert (bytes(got.body) if got.body is not None else None) == row.body
+        assert got.uuid == row.uuid and got.idempotency_key == str(row.idempotency_key)
+        assert got.created_at is not None and got.last_error == row.last_error
+    assert stored[rows[1].pk].next_attempt_at == now
+    attempts = [
+        Attempt(
+            delivery=rows[0],
+            number=1,
+            started_at=now,
+            method="POST",
+            url="https://x/a",
+            request_headers={"X-Trace": "a'b\"c"},
+        ),
+        Attempt(delivery=rows[1], number=1, started_at=now, method="PUT", url="https://x/b"),
+    ]
+    insert_many(Attempt, attempts)
+    first = Attempt.objects.get(pk=attempts[0].pk)
+    assert first.request_headers == {"X-Trace": "a'b\"c"} and first.outcome == Attempt.Outcome.SENDING
+    assert Attempt.objects.get(pk=attempts[1].pk).response_headers == {}
 
 
 @pytest.mark.django_db(transaction=True)

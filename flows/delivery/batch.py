@@ -8,20 +8,14 @@ transaction for all the outcomes), then hands the turn to the first thread that 
 thread returns only once its own write is committed, so "the attempt is committed before the socket
 opens" holds for each send exactly as before. With one thread a batch is one write: the same path.
 
-``set_many`` is the UPDATE the outcome batch uses: rows by primary key, one statement per set of
-columns (``UPDATE ... FROM (VALUES ...)`` on PostgreSQL), with values prepared by the model fields as
-the ORM would, but without compiling a query per row.
+The batches themselves are written with ``flows.bulk`` (one short statement for many rows).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
-
-from django.db import connection
-from django.db.models import Model
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -90,37 +84,3 @@ class GroupCommit(Generic[Item, Result]):
             for slot in batch:
                 slot.lead = False
                 slot.ready.set()
-
-
-def set_many(model: type[Model], rows: Iterable[tuple[Any, dict[str, Any]]]) -> None:
-    """``UPDATE model SET <fields> WHERE pk = ...`` for each (pk, {field name: value}); rows with the same
-    field names share one statement: ``UPDATE ... FROM (VALUES ...)`` on PostgreSQL (parsed and planned
-    once for all of them), an ``executemany`` elsewhere. Values are prepared by their fields as the ORM
-    does."""
-    groups: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = defaultdict(list)
-    for pk, values in rows:
-        groups[tuple(values)].append((pk, values))
-    meta, quote = model._meta, connection.ops.quote_name
-    table, key = quote(meta.db_table), quote(meta.pk.column)
-    with connection.cursor() as cursor:
-        for names, members in groups.items():
-            fields = [meta.get_field(name) for name in names]
-            params = [
-                [pk] + [field.get_db_prep_save(values[field.name], connection) for field in fields]
-                for pk, values in members
-            ]
-            # Names from the model's own meta, quoted; every value is a parameter.
-            if connection.vendor == "postgresql":
-                types = [meta.pk.cast_db_type(connection)] + [f.cast_db_type(connection) for f in fields]
-                row = "(" + ", ".join(f"%s::{kind}" for kind in types) + ")"
-                aliases = ", ".join(f"c{i}" for i in range(len(fields)))
-                assignments = ", ".join(f"{quote(f.column)} = v.c{i}" for i, f in enumerate(fields))
-                sql = (
-                    f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row] * len(params))}) "  # noqa: S608
-                    f"AS v(k, {aliases}) WHERE {table}.{key} = v.k"
-                )
-                cursor.execute(sql, [value for values in params for value in values])
-            else:
-                assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
-                sql = f"UPDATE {table} SET {assignments} WHERE {key} = %s"  # noqa: S608
-                cursor.executemany(sql, [values[1:] + values[:1] for values in params])

@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from clazar_dest.clazar.spec import RecordError
+from flows.bulk import insert_many
 from flows.config import DestinationConfig
 from flows.models import Credential, Delivery, DeliveryItem, Destination, Record
 from flows.payloads import ConfigError, iter_requests
@@ -110,12 +111,12 @@ def _write(dest: Destination, config: DestinationConfig, items: list, record_ids
                 )
             )
             seqs.append(item.seqs)
-    Delivery.objects.bulk_create(deliveries, batch_size=500)
-    DeliveryItem.objects.bulk_create(
+    insert_many(Delivery, deliveries)
+    insert_many(
+        DeliveryItem,
         [
             DeliveryItem(delivery=delivery, record_id=record_ids[seq], destination=dest)
             for delivery, covered in zip(deliveries, seqs, strict=True)
             for seq in covered
         ],
-        batch_size=1000,
     )

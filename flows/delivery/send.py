@@ -32,8 +32,9 @@ from clazar_dest.clazar.spec import RequestSpec
 from clazar_dest.clazar.transport import AttemptResult
 from flows import audit, ratelimit, tokens
 from flows.attempts import closing, new_attempt, open_attempts
+from flows.bulk import set_many
 from flows.config import DestinationConfig, scan_headers
-from flows.delivery.batch import GroupCommit, set_many
+from flows.delivery.batch import GroupCommit
 from flows.models import Attempt, Credential, Delivery, Destination
 from flows.outcomes import RETRY_AFTER_MAX, RETRY_AFTER_MIN, Outcome, classify, retry_after_seconds
 from flows.sending import send_for_credential

@@ -1,0 +1,109 @@
+"""Many rows in one short statement, for the engine's hot paths (planning, attempts, outcomes).
+
+Django's ``bulk_create`` and a statement per row both cost the worker more than the database: the ORM
+compiles each row's SQL, and psycopg's client-side binding scans and quotes a query that grows with the
+rows. On PostgreSQL the rows travel instead as one JSON document (encoded by the json module's C
+encoder) read by ``json_populate_recordset``, which types each value by its column: the statement is
+the same whatever the number of rows and has one parameter.
+
+- ``insert_many(model, objs)``: ``INSERT ... SELECT ... FROM json_populate_recordset(...) RETURNING id``
+  on PostgreSQL (each object gets its id, in order, as ``bulk_create`` does); ``bulk_create`` elsewhere.
+- ``set_many(model, rows)``: for each (pk, {field: value}), ``UPDATE ... FROM json_populate_recordset``
+  on PostgreSQL, an ``executemany`` elsewhere; rows with the same fields share a statement.
+
+Values are prepared by the model fields as the ORM does (defaults, ``auto_now``). Names in the SQL come
+from the models' own meta, quoted; every value is in the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import connection
+from django.db.models import BinaryField, Field, JSONField, Model
+
+
+def insert_many(model: type[Model], objs: Sequence[Model]) -> Sequence[Model]:
+    """Insert ``objs`` (unsaved) in one statement; each gets its primary key."""
+    if not objs:
+        return objs
+    if connection.vendor != "postgresql":
+        if len(objs) == 1 or not connection.features.can_return_rows_from_bulk_insert:
+            for obj in objs:
+                obj.save(force_insert=True)
+        else:
+            model.objects.bulk_create(objs)
+        return objs
+    meta, quote = model._meta, connection.ops.quote_name
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    document = [{f.column: _json(f, f.pre_save(obj, True)) for f in fields} for obj in objs]
+    table, names = quote(meta.db_table), ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"INSERT INTO {table} ({names}) SELECT {names} "  # noqa: S608
+        f"FROM json_populate_recordset(NULL::{table}, %s::json) RETURNING {quote(meta.pk.column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_dumps(document, fields)])
+        keys = [row[0] for row in cursor.fetchall()]
+    for obj, key in zip(objs, keys, strict=True):
+        obj.pk = key
+        obj._state.adding = False
+        obj._state.db = connection.alias
+    return objs
+
+
+def set_many(model: type[Model], rows: Iterable[tuple[Any, dict[str, Any]]]) -> None:
+    """``UPDATE model SET <fields> WHERE pk = ...`` for each (pk, {field name: value})."""
+    groups: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = defaultdict(list)
+    for pk, values in rows:
+        groups[tuple(values)].append((pk, values))
+    meta, quote = model._meta, connection.ops.quote_name
+    table, key = quote(meta.db_table), quote(meta.pk.column)
+    with connection.cursor() as cursor:
+        for names, members in groups.items():
+            fields = [meta.get_field(name) for name in names]
+            if connection.vendor == "postgresql":
+                assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in fields)
+                sql = (
+                    f"UPDATE {table} SET {assignments} "  # noqa: S608
+                    f"FROM json_populate_recordset(NULL::{table}, %s::json) AS v WHERE {table}.{key} = v.{key}"
+                )
+                document = [
+                    {meta.pk.column: pk, **{f.column: _json(f, values[f.name]) for f in fields}}
+                    for pk, values in members
+                ]
+                cursor.execute(sql, [_dumps(document, fields)])
+            else:
+                assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+                sql = f"UPDATE {table} SET {assignments} WHERE {key} = %s"  # noqa: S608
+                cursor.executemany(
+                    sql,
+                    [
+                        [f.get_db_prep_save(values[f.name], connection) for f in fields] + [pk]
+                        for pk, values in members
+                    ],
+                )
+
+
+def _json(field: Field, value: Any) -> Any:
+    """A value as ``json_populate_recordset`` reads it into the field's column."""
+    if value is None or isinstance(field, JSONField):
+        return value  # a JSON column takes the value as JSON
+    if isinstance(field, BinaryField):
+        return "\\x" + bytes(value).hex()
+    value = field.get_prep_value(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+def _dumps(document: list[dict[str, Any]], fields: list[Field]) -> str:
+    encoder = next((f.encoder for f in fields if isinstance(f, JSONField) and f.encoder), None)
+    return json.dumps(document, cls=encoder, separators=(",", ":"))
