@@ -194,18 +194,20 @@ def test_a_429_pauses_the_credential_until_retry_after(engine, make, sim, user):
 
 
 def test_a_token_that_expires_mid_run_is_refreshed_and_nothing_is_sent_twice(engine, make, sim, user):
-    sim.add_fault("latency", seconds=0.05)
-    dest = make(CREATE, offers(20))
+    # Enough records and latency that most are still to send when the tokens expire (4 threads at 0.1 s
+    # each send 40 a second at most).
+    sim.add_fault("latency", seconds=0.1)
+    dest = make(CREATE, offers(80))
     procs = engine()
     activation.activate(dest.pk, user=user)
     wait_until(lambda: len(creates(sim)) >= 5, "five creates", procs)
     sim.api.expire_tokens()
-    wait_until(settled(dest, 20), "20 deliveries", procs)
-    assert states(dest) == {S.SUCCEEDED: 20}
+    wait_until(settled(dest, 80), "80 deliveries", procs)
+    assert states(dest) == {S.SUCCEEDED: 80}
     assert any(e["status"] == 401 for e in creates(sim))
     assert len(sim.requests_log(path="/authenticate/")) >= 2
     assert sorted(o["name"] for o in sim.api.objects("private_offers")) == sorted(
-        r["name"] for r in offers(20)
+        r["name"] for r in offers(80)
     )
 
 

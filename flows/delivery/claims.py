@@ -100,21 +100,41 @@ def claim_unsettled(destination_id: int, limit: int, lease_seconds: float) -> li
 
 
 def _take(candidates: QuerySet[Delivery], limit: int, still: Q, changes: dict, bump: bool) -> list[Delivery]:
+    if connection.vendor == "postgresql":
+        return _take_postgresql(candidates, limit, changes, bump)
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            rows = list(candidates.select_for_update(skip_locked=True)[:limit])
-            if rows:
-                Delivery.objects.filter(id__in=[r.id for r in rows]).update(**changes)
-        else:
-            rows = [
-                row
-                for row in candidates[:limit]
-                if Delivery.objects.filter(Q(pk=row.pk) & still).update(**changes)
-            ]
+        rows = [
+            row
+            for row in candidates[:limit]
+            if Delivery.objects.filter(Q(pk=row.pk) & still).update(**changes)
+        ]
     for row in rows:
         if bump:
             row.attempts += 1
             row.state = Delivery.State.SENDING
+        row.lease_until = changes["lease_until"]
+    return rows
+
+
+def _take_postgresql(candidates: QuerySet[Delivery], limit: int, changes: dict, bump: bool) -> list[Delivery]:
+    """One statement: ``UPDATE ... WHERE id IN (<candidates> FOR UPDATE SKIP LOCKED LIMIT n) RETURNING``
+    the fields a sender needs, as they are after the claim."""
+    pick, params = candidates.values("id")[:limit].query.sql_with_params()
+    pick += " FOR UPDATE SKIP LOCKED"  # (Django compiles select_for_update only inside a transaction)
+    quote = connection.ops.quote_name
+    fields = [Delivery._meta.get_field(name) for name in FIELDS]
+    sets = [f"{quote('lease_until')} = %s", f"{quote('updated_at')} = %s"]
+    values = [changes["lease_until"], changes["updated_at"]]
+    if bump:
+        sets += [f"{quote('state')} = %s", f"{quote('attempts')} = {quote('attempts')} + 1"]
+        values.append(changes["state"])
+    table, key = quote(Delivery._meta.db_table), quote(Delivery._meta.pk.column)
+    returning = ", ".join(quote(f.column) for f in fields)
+    # The candidates' SQL is Django's own; every value is a parameter. ``raw`` turns the rows into
+    # Delivery objects with the ORM's own conversions.
+    sql = f"UPDATE {table} SET {', '.join(sets)} WHERE {key} IN ({pick}) RETURNING {returning}"  # noqa: S608
+    rows = sorted(Delivery.objects.raw(sql, [*values, *params]), key=lambda row: row.pk)
+    for row in rows:
         row.lease_until = changes["lease_until"]
     return rows
 
