@@ -27,7 +27,6 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
@@ -63,27 +62,28 @@ def get_token(credential_id: int) -> str:
 
 
 class CredentialView:
-    """What a send needs of a credential (API base and token), read from its row once, or at most every
-    ``ttl`` seconds when a deliver run's threads share the view: then a send costs no query while the
-    token stays good. A refresh (``token``) and ``drop`` (after a 401) read the row again; an edit of the
-    credential reaches a shared view within ``ttl``."""
+    """What a send needs of a credential (API base and token), read from its row once and shared by the
+    sends of a deliver run, whose loop calls ``refresh`` every half second: a send costs no query while
+    the token stays good. A token refresh (``token``) and ``drop`` (after a 401) read the row again; an
+    edit of the credential reaches the run at its next ``refresh``."""
 
     FIELDS = ("id", "uuid", "api_base", "access_token", "token_expires_at", "checked_at")
 
-    def __init__(self, credential_id: int, ttl: float = 0.0) -> None:
+    def __init__(self, credential_id: int) -> None:
         self.credential_id = credential_id
-        self.ttl = ttl
         self._row: Credential | None = None
-        self._read_at = 0.0
         self._lock = threading.Lock()
 
     def row(self) -> Credential:
         with self._lock:
-            stale = self.ttl > 0 and time.monotonic() - self._read_at >= self.ttl
-            if self._row is None or stale:
+            if self._row is None:
                 self._row = Credential.objects.only(*self.FIELDS).get(pk=self.credential_id)
-                self._read_at = time.monotonic()
             return self._row
+
+    def refresh(self) -> None:
+        row = Credential.objects.only(*self.FIELDS).get(pk=self.credential_id)
+        with self._lock:
+            self._row = row
 
     def token(self) -> str:
         """As ``get_token``, from the row already read while its token stays usable."""

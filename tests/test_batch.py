@@ -44,7 +44,11 @@ def in_threads(count: int, work) -> list:
     return results
 
 
-def test_each_thread_gets_its_own_result_and_overlapping_writes_share_a_batch():
+WRITER = pytest.mark.parametrize("writer", [False, True], ids=["leader", "writer-thread"])
+
+
+@WRITER
+def test_each_thread_gets_its_own_result_and_overlapping_writes_share_a_batch(writer):
     seen: list[list[int]] = []
 
     def write_many(items: list[int]) -> list[int]:
@@ -52,14 +56,16 @@ def test_each_thread_gets_its_own_result_and_overlapping_writes_share_a_batch():
         time.sleep(0.02)  # a slow commit: the others queue up behind it
         return [item * 10 for item in items]
 
-    group = GroupCommit(write_many)
+    group = GroupCommit(write_many, writer=writer)
     results = in_threads(24, group.submit)
+    group.close()
     assert results == [i * 10 for i in range(24)]
     assert sorted(i for batch in seen for i in batch) == list(range(24))  # each write exactly once
     assert group.batches == len(seen) < 24  # and some batches held several
 
 
-def test_when_a_batch_fails_each_write_is_tried_again_alone_so_only_a_failing_one_fails():
+@WRITER
+def test_when_a_batch_fails_each_write_is_tried_again_alone_so_only_a_failing_one_fails(writer):
     calls: list[list[int]] = []
 
     def write_many(items: list[int]) -> list[int]:
@@ -69,13 +75,14 @@ def test_when_a_batch_fails_each_write_is_tried_again_alone_so_only_a_failing_on
             raise RuntimeError("the database went away")
         return items
 
-    group = GroupCommit(write_many)
+    group = GroupCommit(write_many, writer=writer)
 
     def submit(i: int) -> int:
         time.sleep(0 if i == 0 else 0.005)  # 0 writes alone; the others queue up behind it together
         return group.submit(i)
 
     results = in_threads(8, submit)
+    group.close()
     assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
     assert isinstance(results[3], RuntimeError) and "went away" in str(results[3])
     assert any(len(batch) > 1 and 3 in batch for batch in calls)  # it failed a shared batch first

@@ -13,9 +13,14 @@ The batches themselves are written with ``flows.bulk`` (one short statement for 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
+
+from django.db import connections
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -36,22 +41,38 @@ class _Slot:
 class GroupCommit(Generic[Item, Result]):
     """Hand in one write and wait for it; ``write_many`` gets every write waiting and returns one result
     per write, in order. ``write_many`` must write all or nothing (one statement or one transaction): when
-    a batch fails, each thread writes its own write again alone, so one thread's trouble (say its database
-    connection) fails only its own write, as without batching."""
+    a batch fails, each thread writes its own write again alone, so one thread's trouble fails only its
+    own write, as without batching.
 
-    def __init__(self, write_many: Callable[[list[Item]], Sequence[Result]]) -> None:
+    With ``writer=True`` one thread of its own writes every batch (start it lazily, stop it with
+    ``close``): the sending threads then need no database connection of their own, so a pool of many
+    threads holds three connections, not one per thread. Without, the thread that finds no batch being
+    written writes one, in its own connection (and transaction: what tests inside a transaction need)."""
+
+    def __init__(self, write_many: Callable[[list[Item]], Sequence[Result]], *, writer: bool = False) -> None:
         self._write_many = write_many
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._waiting: list[_Slot] = []
         self._busy = False
+        self._writer = writer
+        self._thread: threading.Thread | None = None
+        self._closing = False
         self.batches = 0  # how many batches were written (for the bench and tests)
 
     def submit(self, item: Item) -> Result:
         slot = _Slot(item)
-        with self._lock:
+        with self._cond:
             self._waiting.append(slot)
-            slot.lead = not self._busy
-            self._busy = True
+            if self._writer:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._write_forever, name="group-commit", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify()
+            else:
+                slot.lead = not self._busy
+                self._busy = True
         if not slot.lead:
             slot.ready.wait()
         if slot.lead:  # this thread writes the batch (its own write included)
@@ -62,24 +83,46 @@ class GroupCommit(Generic[Item, Result]):
             raise slot.error
         return slot.result
 
+    def close(self) -> None:
+        """Stop the writer thread once every write handed in is written."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _write_forever(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._waiting or self._closing)
+                    if not self._waiting:
+                        return
+                self._write_waiting()
+        finally:
+            connections.close_all()
+
     def _write_waiting(self) -> None:
-        with self._lock:
+        with self._cond:
             batch, self._waiting = self._waiting, []
         try:
             results = self._write_many([slot.item for slot in batch])
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
         except Exception as exc:  # nothing of the batch was written
+            log.warning("a batch of %s writes failed (%s); each is written again alone", len(batch), exc)
             for slot in batch:
                 slot.error = exc
                 slot.shared = len(batch) > 1
+            connections["default"].close_if_unusable_or_obsolete()  # a broken connection: reconnect
         finally:
             self.batches += 1
-            with self._lock:
-                if self._waiting:  # the first thread that came in meanwhile writes the next batch
+            with self._cond:
+                if not self._writer and self._waiting:  # the first thread that came in meanwhile leads
                     self._waiting[0].lead = True
                     self._waiting[0].ready.set()
-                else:
+                elif not self._writer:
                     self._busy = False
             for slot in batch:
                 slot.lead = False

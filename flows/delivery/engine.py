@@ -9,8 +9,10 @@ deciding), when the destination is no longer active (deactivate stops new sends 
 claimed deliveries not yet started are given back; in-flight requests finish and are recorded), when the credential is paused by a 429 for more than a few
 seconds, or after DELIVERY_SLICE_SECONDS, when it wakes itself again so other destinations get a turn.
 
-Threads: each holds its own database connection, closed when the pool shuts down. ``threads=0`` runs
-everything in the calling thread (tests inside a transaction use that).
+Threads: the attempts and outcomes are written by two writer threads (``batch.GroupCommit``), so a
+sending thread uses a database connection only off the common path (a 401, a lookup, a response
+record, the breaker), closed when the pool shuts down. ``threads=0`` runs everything in the calling
+thread (tests inside a transaction use that).
 
 Circuit breaker probe: an auto-paused destination whose ``probe_at`` is due sends its oldest pending
 delivery (one worker wins the conditional update of ``probe_at``); when that does not fail server-side,
@@ -153,6 +155,7 @@ class _Gate:
                 return False, 0.0
             self.status, self.paused_until, self.ctx.credential.rate_limit, failures = row
             self.ctx.failing = self.ctx.failing or failures > 0
+            self.ctx.view.refresh()  # an edited credential (API base, token) reaches the sends too
             self.read_at = time.monotonic()
         if self.status != Destination.Status.ACTIVE:
             return False, 0.0
@@ -185,14 +188,30 @@ def process_due(
     claimed, or ``max_seconds`` passed). Returns counts of the states the sends ended in, plus
     ``claimed``, ``settled`` and ``handed_over`` (1 when time ran out with work left)."""
     tally: Counter = Counter()
-    ctx = Context.load(destination_id)
+    size = settings.DELIVERY_THREADS if threads is None else threads
+    ctx = Context.load(destination_id, writers=size > 0)
     if ctx is None:
         return tally
+    try:
+        _run_loop(ctx, tally, size, limit, lease_seconds, max_seconds)
+    finally:
+        ctx.close()
+    return tally
+
+
+def _run_loop(
+    ctx: Context,
+    tally: Counter,
+    size: int,
+    limit: int | None,
+    lease_seconds: float | None,
+    max_seconds: float | None,
+) -> None:
+    destination_id = ctx.destination.pk
     lease = lease_seconds or settings.DELIVERY_LEASE_SECONDS
-    size = settings.DELIVERY_THREADS if threads is None else threads
     stop_at = time.monotonic() + (max_seconds or settings.DELIVERY_SLICE_SECONDS)
     if ctx.destination.status == Destination.Status.AUTO_PAUSED and not probe(ctx, lease, tally):
-        return tally
+        return
     _plan(destination_id)
     pool: Pool | _Inline = Pool(size) if size > 0 else _Inline()
     gate = _Gate(ctx)
@@ -247,7 +266,6 @@ def process_due(
                 pool.submit(_send, row, ctx, tally)
     finally:
         pool.close()
-    return tally
 
 
 def _plan(destination_id: int) -> int:

@@ -6,7 +6,8 @@ transaction, fenced on (state, attempts) so a worker that lost its lease can't o
 decided, except to settle an ``unknown`` the sweeper set while the answer was still on its way.
 Both writes are group commits across the deliver run's threads (``flows.delivery.batch``): a thread
 waits until the batch holding its write is committed, so the order above holds for every send. The
-credential's API base and token come from a view of its row shared by the run (``tokens.CredentialView``).
+credential's API base and token come from a view of its row shared by the run and refreshed by its loop
+(``tokens.CredentialView``).
 
 Side effects after the write: a 429 pauses the whole credential until Retry-After; server-side failures
 count towards the circuit breaker (any answer from Clazar resets it); an unknown create or publish is
@@ -51,7 +52,6 @@ STATE_FOR = {
 }
 FINAL = (Delivery.State.SUCCEEDED, Delivery.State.FAILED, Delivery.State.EXHAUSTED)
 _tally_lock = threading.Lock()
-VIEW_SECONDS = 0.5  # how stale a deliver run's view of its credential may be (as the loop's gate)
 
 
 @dataclass(frozen=True)
@@ -79,23 +79,30 @@ class Context:
     failing: bool = True
     # The credential's API base and token as the sends of this run see them (re-read at most every 0.5 s).
     view: tokens.CredentialView = field(init=False)
-    # The attempt rows and the outcomes of this run's threads, written in batches (``batch.GroupCommit``).
+    # The attempt rows and the outcomes of this run's threads, written in batches (``batch.GroupCommit``),
+    # by writer threads of their own when the run has a pool of threads (``writers``).
+    writers: bool = False
     opener: GroupCommit[Attempt, Attempt] = field(init=False)
     recorder: GroupCommit[Written, str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.view = tokens.CredentialView(self.credential.pk, ttl=VIEW_SECONDS)
-        self.opener = GroupCommit(open_attempts)
-        self.recorder = GroupCommit(write_outcomes)
+        self.view = tokens.CredentialView(self.credential.pk)
+        self.opener = GroupCommit(open_attempts, writer=self.writers)
+        self.recorder = GroupCommit(write_outcomes, writer=self.writers)
+
+    def close(self) -> None:
+        """Stop the writer threads (after every write handed in)."""
+        self.opener.close()
+        self.recorder.close()
 
     @classmethod
-    def load(cls, destination_id: int) -> Context | None:
+    def load(cls, destination_id: int, *, writers: bool = False) -> Context | None:
         dest = Destination.objects.select_related("credential").filter(pk=destination_id).first()
         if dest is None:
             return None
         config = DestinationConfig.from_json(dest.config)
         headers = scan_headers(config.headers)[0] if config.mode == "advanced" else ()
-        return cls(dest, dest.credential, headers, config.response_webhook)
+        return cls(dest, dest.credential, headers, config.response_webhook, writers=writers)
 
 
 def unsafe(method: str, endpoint_key: str) -> bool:
