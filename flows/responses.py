@@ -59,34 +59,98 @@ def nexset_for(destination: Destination) -> Nexset:
 def write(delivery_id: int) -> Record | None:
     """Append the delivery's final response to its destination's response Nexset, once. Returns the
     record, or None when there is nothing to write (not final, a test, the webhook off)."""
-    delivery = Delivery.objects.select_related("destination").get(pk=delivery_id)
-    if delivery.is_test or delivery.state not in FINAL or not delivery.url:
-        return None
-    destination = delivery.destination
-    if not DestinationConfig.from_json(destination.config).response_webhook:
-        return None
-    nexset = nexset_for(destination)
-    # A delivery a person queued again (retry, replay, send again) gets a new final outcome: a new record.
-    ref = f"delivery:{delivery.pk}" + (f":{delivery.attempts}" if delivery.attempts_base else "")
-    existing = Record.objects.filter(nexset=nexset, source_ref=ref).first()
-    if existing is not None:
-        return existing
-    data = build(delivery)
     try:
+        return write_many([delivery_id])[0]
+    except IntegrityError:  # written by another worker meanwhile
+        return _stored(delivery_id)
+
+
+def write_many(delivery_ids: list[int]) -> list[Record | None]:
+    """``write`` for several deliveries at once (the deliver threads' batches): a few queries and one
+    append per response Nexset, whatever the number. Raises IntegrityError when another worker wrote one
+    of them meanwhile (nothing of the batch is then stored; ``write`` each one alone)."""
+    found = Delivery.objects.select_related("destination").in_bulk(delivery_ids)
+    due: list[tuple[Delivery, Nexset, str]] = []
+    nexsets: dict[int, Nexset | None] = {}
+    for delivery in (found.get(pk) for pk in delivery_ids):
+        if delivery is None or delivery.is_test or delivery.state not in FINAL or not delivery.url:
+            continue
+        destination = delivery.destination
+        if destination.pk not in nexsets:
+            wanted = DestinationConfig.from_json(destination.config).response_webhook
+            nexsets[destination.pk] = nexset_for(destination) if wanted else None
+        nexset = nexsets[destination.pk]
+        if nexset is not None:
+            # A delivery a person queued again (retry, replay, send again) gets a new final outcome: a
+            # new record.
+            ref = f"delivery:{delivery.pk}" + (f":{delivery.attempts}" if delivery.attempts_base else "")
+            due.append((delivery, nexset, ref))
+    if not due:
+        return [None] * len(delivery_ids)
+    refs = [ref for _, _, ref in due]
+    stored = set(Record.objects.filter(source_ref__in=refs).values_list("nexset_id", "source_ref"))
+    fresh = [(d, n, ref) for d, n, ref in due if (n.pk, ref) not in stored]
+    if fresh:
+        attempts, covered = _latest_attempts(fresh), _covered(fresh)
+        by_nexset: dict[int, list[tuple[Delivery, str]]] = {}
+        for delivery, nexset, ref in fresh:
+            by_nexset.setdefault(nexset.pk, []).append((delivery, ref))
         with transaction.atomic():
-            records.append(nexset.pk, [data], [ref])
-    except IntegrityError:
-        return Record.objects.filter(nexset=nexset, source_ref=ref).first()  # written by another worker
-    writeback.schedule(delivery)  # Salesforce Nexsets: the created id back into the source records
-    return Record.objects.filter(nexset=nexset, source_ref=ref).first()
+            for nexset_id, rows in by_nexset.items():
+                records.append(
+                    nexset_id,
+                    [build(d, attempts.get(d.pk), covered.get(d.pk, [])) for d, _ in rows],
+                    [ref for _, ref in rows],
+                )
+            for delivery, _, _ in fresh:
+                writeback.schedule(delivery)  # Salesforce Nexsets: the created id back into the source
+    written = {
+        (r.nexset_id, r.source_ref): r
+        for r in Record.objects.filter(source_ref__in=refs, nexset_id__in={n.pk for _, n, _ in due})
+    }
+    by_delivery = {d.pk: written.get((n.pk, ref)) for d, n, ref in due}
+    return [by_delivery.get(pk) for pk in delivery_ids]
 
 
-def build(delivery: Delivery) -> dict[str, Any]:
-    """The response record for a delivery (see the module docstring)."""
-    attempt = Attempt.objects.filter(delivery=delivery).order_by("-number").first()
-    covered = list(
-        Record.objects.filter(delivery_items__delivery=delivery).order_by("seq").values("seq", "source_ref")
+def _stored(delivery_id: int) -> Record | None:
+    delivery = Delivery.objects.select_related("destination").get(pk=delivery_id)
+    nexset = Nexset.objects.filter(feeding_destination=delivery.destination).first()
+    ref = f"delivery:{delivery.pk}" + (f":{delivery.attempts}" if delivery.attempts_base else "")
+    return Record.objects.filter(nexset=nexset, source_ref=ref).first() if nexset else None
+
+
+def _latest_attempts(rows: list[tuple[Delivery, Nexset, str]]) -> dict[int, Attempt]:
+    latest: dict[int, Attempt] = {}
+    for attempt in Attempt.objects.filter(delivery_id__in=[d.pk for d, _, _ in rows]).order_by("number"):
+        latest[attempt.delivery_id] = attempt
+    return latest
+
+
+def _covered(rows: list[tuple[Delivery, Nexset, str]]) -> dict[int, list[dict[str, Any]]]:
+    covered: dict[int, list[dict[str, Any]]] = {}
+    items = (
+        Record.objects.filter(delivery_items__delivery__in=[d.pk for d, _, _ in rows])
+        .order_by("seq")
+        .values_list("delivery_items__delivery_id", "seq", "source_ref")
     )
+    for delivery_id, seq, source_ref in items:
+        covered.setdefault(delivery_id, []).append({"seq": seq, "source_ref": source_ref})
+    return covered
+
+
+def build(
+    delivery: Delivery, attempt: Attempt | None = None, covered: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The response record for a delivery (see the module docstring); ``attempt`` (its latest) and
+    ``covered`` (its records' seq and source_ref) are read when not given."""
+    if attempt is None:
+        attempt = Attempt.objects.filter(delivery=delivery).order_by("-number").first()
+    if covered is None:
+        covered = list(
+            Record.objects.filter(delivery_items__delivery=delivery)
+            .order_by("seq")
+            .values("seq", "source_ref")
+        )
     return {
         "id": delivery.created_object_id or None,
         "delivery": str(delivery.uuid),

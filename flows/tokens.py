@@ -24,6 +24,7 @@ being refreshed on every call.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import threading
@@ -81,9 +82,13 @@ class CredentialView:
             return self._row
 
     def refresh(self) -> None:
+        """Read the row again and make sure it holds a usable token (fetching one when not, here rather
+        than in each sending thread); a failure is left for the sends to report."""
         row = Credential.objects.only(*self.FIELDS).get(pk=self.credential_id)
         with self._lock:
             self._row = row
+        with contextlib.suppress(AuthError):
+            self.token()
 
     def token(self) -> str:
         """As ``get_token``, from the row already read while its token stays usable."""

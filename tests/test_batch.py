@@ -19,7 +19,7 @@ from clazar_dest.simulators.clazar import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECR
 from flows import delivery, records
 from flows.bulk import insert_many, set_many
 from flows.delivery.batch import GroupCommit
-from flows.models import Attempt, Delivery, Destination
+from flows.models import Attempt, Delivery, Destination, Nexset, Record
 from tests.factories import CredentialFactory, DestinationFactory, NexsetFactory
 
 S = Delivery.State
@@ -217,3 +217,57 @@ def test_with_a_pool_of_threads_every_attempt_is_committed_before_clazar_sees_th
         list(Attempt.objects.filter(delivery__destination=dest).values_list("outcome", flat=True))
         == [Attempt.Outcome.SUCCEEDED] * 60
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_of_threads_writes_every_response_once_through_few_database_connections(settings, clazar_sim):
+    settings.CLAZAR_API_BASES = ["https://api.clazar.io", clazar_sim.url]
+    clazar_sim.add_fault("latency", seconds=0.05)
+    credential = CredentialFactory(
+        api_base=clazar_sim.url,
+        client_id=DEFAULT_CLIENT_ID,
+        client_secret=DEFAULT_CLIENT_SECRET,
+        rate_limit=100_000,
+    )
+    nexset = NexsetFactory()
+    records.append(
+        nexset.pk, [{"name": f"Offer {i}", "listing": "l", "buyer": f"{i:012d}"} for i in range(48)]
+    )
+    dest = DestinationFactory(
+        nexset=nexset,
+        credential=credential,
+        config={"mode": "template", "template": "create_private_offer", "response_webhook": True},
+        status=Destination.Status.ACTIVE,
+    )
+    peak = [0]
+    done = threading.Event()
+
+    def watch() -> None:  # how many connections the database has while the run sends (PostgreSQL)
+        try:
+            while not done.is_set():
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+                    peak[0] = max(peak[0], cursor.fetchone()[0])
+                time.sleep(0.01)
+        finally:
+            connections.close_all()
+
+    watcher = threading.Thread(target=watch)
+    if connections["default"].vendor == "postgresql":
+        watcher.start()
+    try:
+        tally = delivery.process_due(dest.pk, threads=16, lease_seconds=30)
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join()
+    assert tally["claimed"] == 48
+    responses_nexset = Nexset.objects.get(feeding_destination=dest)
+    refs = list(Record.objects.filter(nexset=responses_nexset).values_list("source_ref", flat=True))
+    ids = set(dest.deliveries.values_list("pk", flat=True))
+    assert sorted(refs) == sorted(f"delivery:{pk}" for pk in ids)  # each final response once
+    created = {o["id"] for o in clazar_sim.objects("private_offers")}
+    assert {r.data["id"] for r in Record.objects.filter(nexset=responses_nexset)} == created
+    if connections["default"].vendor == "postgresql":
+        # The test's own, the watcher's, the run's loop and writers: not one per sending thread.
+        assert 0 < peak[0] <= 8, peak[0]

@@ -41,16 +41,23 @@ class _Slot:
 class GroupCommit(Generic[Item, Result]):
     """Hand in one write and wait for it; ``write_many`` gets every write waiting and returns one result
     per write, in order. ``write_many`` must write all or nothing (one statement or one transaction): when
-    a batch fails, each thread writes its own write again alone, so one thread's trouble fails only its
-    own write, as without batching.
+    a batch fails, each thread writes its own write again alone (``write_one``, by default a batch of
+    one), so one thread's trouble fails only its own write, as without batching.
 
     With ``writer=True`` one thread of its own writes every batch (start it lazily, stop it with
     ``close``): the sending threads then need no database connection of their own, so a pool of many
     threads holds three connections, not one per thread. Without, the thread that finds no batch being
     written writes one, in its own connection (and transaction: what tests inside a transaction need)."""
 
-    def __init__(self, write_many: Callable[[list[Item]], Sequence[Result]], *, writer: bool = False) -> None:
+    def __init__(
+        self,
+        write_many: Callable[[list[Item]], Sequence[Result]],
+        *,
+        writer: bool = False,
+        write_one: Callable[[Item], Result] | None = None,
+    ) -> None:
         self._write_many = write_many
+        self._write_one = write_one or (lambda item: write_many([item])[0])
         self._cond = threading.Condition()
         self._waiting: list[_Slot] = []
         self._busy = False
@@ -78,7 +85,7 @@ class GroupCommit(Generic[Item, Result]):
         if slot.lead:  # this thread writes the batch (its own write included)
             self._write_waiting()
         if slot.error is not None and slot.shared:
-            return self._write_many([item])[0]
+            return self._write_one(item)
         if slot.error is not None:
             raise slot.error
         return slot.result

@@ -9,9 +9,9 @@ deciding), when the destination is no longer active (deactivate stops new sends 
 claimed deliveries not yet started are given back; in-flight requests finish and are recorded), when the credential is paused by a 429 for more than a few
 seconds, or after DELIVERY_SLICE_SECONDS, when it wakes itself again so other destinations get a turn.
 
-Threads: the attempts and outcomes are written by two writer threads (``batch.GroupCommit``), so a
-sending thread uses a database connection only off the common path (a 401, a lookup, a response
-record, the breaker), closed when the pool shuts down. ``threads=0`` runs everything in the calling
+Threads: the attempts, outcomes and response records are written by writer threads
+(``batch.GroupCommit``), so a sending thread uses a database connection only off the common path (a
+401, a lookup, the breaker), closed when the pool shuts down. ``threads=0`` runs everything in the calling
 thread (tests inside a transaction use that).
 
 Circuit breaker probe: an auto-paused destination whose ``probe_at`` is due sends its oldest pending

@@ -31,12 +31,12 @@ from django.utils import timezone
 from clazar_dest.clazar.endpoints import BY_KEY
 from clazar_dest.clazar.spec import RequestSpec
 from clazar_dest.clazar.transport import AttemptResult
-from flows import audit, ratelimit, tokens
+from flows import audit, ratelimit, responses, tokens
 from flows.attempts import closing, new_attempt, open_attempts
 from flows.bulk import set_many
 from flows.config import DestinationConfig, scan_headers
 from flows.delivery.batch import GroupCommit
-from flows.models import Attempt, Credential, Delivery, Destination
+from flows.models import Attempt, Credential, Delivery, Destination, Record
 from flows.outcomes import RETRY_AFTER_MAX, RETRY_AFTER_MIN, Outcome, classify, retry_after_seconds
 from flows.sending import send_for_credential
 
@@ -84,16 +84,19 @@ class Context:
     writers: bool = False
     opener: GroupCommit[Attempt, Attempt] = field(init=False)
     recorder: GroupCommit[Written, str] = field(init=False)
+    responder: GroupCommit[int, Record | None] = field(init=False)  # response records, by delivery id
 
     def __post_init__(self) -> None:
         self.view = tokens.CredentialView(self.credential.pk)
         self.opener = GroupCommit(open_attempts, writer=self.writers)
         self.recorder = GroupCommit(write_outcomes, writer=self.writers)
+        self.responder = GroupCommit(responses.write_many, writer=self.writers, write_one=responses.write)
 
     def close(self) -> None:
         """Stop the writer threads (after every write handed in)."""
         self.opener.close()
         self.recorder.close()
+        self.responder.close()
 
     @classmethod
     def load(cls, destination_id: int, *, writers: bool = False) -> Context | None:
@@ -102,7 +105,14 @@ class Context:
             return None
         config = DestinationConfig.from_json(dest.config)
         headers = scan_headers(config.headers)[0] if config.mode == "advanced" else ()
-        return cls(dest, dest.credential, headers, config.response_webhook, writers=writers)
+        return cls(
+            dest,
+            dest.credential,
+            headers,
+            config.response_webhook,
+            failing=dest.failures > 0,
+            writers=writers,
+        )
 
 
 def unsafe(method: str, endpoint_key: str) -> bool:
@@ -342,8 +352,7 @@ def trip(destination_id: int, failures: int, message: str) -> bool:
 
 def finished(delivery_id: int, ctx: Context | None = None) -> None:
     """A delivery reached a final state: write its response record when the destination wants them."""
-    if ctx is not None and not ctx.responses:
-        return
-    from flows import responses
-
-    responses.write(delivery_id)
+    if ctx is None:
+        responses.write(delivery_id)
+    elif ctx.responses:
+        ctx.responder.submit(delivery_id)
