@@ -10,7 +10,8 @@ see NODELAY), with ``--latency`` on every call and no rate limit. Five figures:
 1. **naive**: a plain sequential ``requests`` loop POSTing the same records (a sample of ``--naive``
    records; its rate does not depend on the count).
 2. **simulator capacity**: a load generator with no app: ``workers x threads`` client threads (and 4x as
-   many) POSTing as fast as the simulator answers.
+   many) in one process, and ``workers x threads`` spread over ``workers`` processes as the engine is,
+   POSTing as fast as the simulator answers; the best of the three is the capacity.
 3. **engine**: a backlog of ``--records`` records, ``--workers`` Celery worker processes (solo pool,
    ``--threads`` each) plus beat, from activation to the last delivery: records/s, and record-to-delivered
    latency (from the later of the record's arrival and the activation) p50/p95, which for a backlog is
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -124,33 +126,43 @@ def naive(sim: Sim, rows: list[dict]) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
-def capacity(sim: Sim, clients: int, seconds: float) -> float:
-    """Requests/s the simulator answers with ``clients`` threads sending back to back (no app)."""
+def capacity(sim: Sim, clients: int, seconds: float, processes: int = 1) -> float:
+    """Requests/s the simulator answers with ``clients`` threads sending back to back (no app), spread
+    over ``processes`` load-generator processes (a single Python process can be the limit itself)."""
     token = sim.token()
-    stop = time.monotonic() + seconds
-    done = Counter()
+    stop = time.time() + seconds
+    started = time.perf_counter()
+    if processes == 1:
+        ok = _load(sim.url, token, clients, stop)
+    else:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(processes) as pool:
+            share = [(sim.url, token, clients // processes, stop)] * processes
+            ok = sum(pool.starmap(_load, share))
+    return ok / (time.perf_counter() - started)
+
+
+def _load(url: str, token: str, clients: int, stop: float) -> int:
+    """``clients`` threads POSTing until ``stop`` (epoch seconds); returns the 201s."""
+    done: Counter = Counter()
 
     def client(n: int) -> None:
         session = requests.Session()
         i = 0
-        while time.monotonic() < stop:
+        while time.time() < stop:
             i += 1
-            row = {"name": f"cap {n}-{i}", "listing": "l", "buyer": "123456789012"}
+            row = {"name": f"cap {os.getpid()}-{n}-{i}", "listing": "l", "buyer": "123456789012"}
             answer = session.post(
-                f"{sim.url}/private_offers/",
-                json=row,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
+                f"{url}/private_offers/", json=row, headers={"Authorization": f"Bearer {token}"}, timeout=30
             )
             done[answer.status_code] += 1
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return done[201] / (time.perf_counter() - started)
+    return done[201]
 
 
 class Engine:
@@ -403,6 +415,10 @@ def main() -> None:
         results[f"sim_capacity_{clients}_clients"] = round(capacity(sim, clients, 10), 1)
         sim.reset(args.latency, rate_limit=0)
         results[f"sim_capacity_{clients * 4}_clients"] = round(capacity(sim, clients * 4, 10), 1)
+        sim.reset(args.latency, rate_limit=0)
+        results[f"sim_capacity_{clients}_clients_{args.workers}_processes"] = round(
+            capacity(sim, clients, 10, processes=args.workers), 1
+        )
         sim.reset(args.latency, rate_limit=0)
         engine = Engine(env, args.workers, folder)
         results["engine"] = engine_run(sim, args.records)

@@ -8,6 +8,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from flows.bulk import insert_many
 from flows.ingest.schema import merge
 from flows.models import Nexset, Record
 
@@ -25,7 +26,8 @@ def append(nexset_id: int, rows: Sequence[dict[str, Any]], refs: Sequence[str | 
             Record(nexset_id=nexset_id, seq=start + i, data=row, source_ref=refs[i - 1] if refs else None)
             for i, row in enumerate(rows, start=1)
         ]
-        Record.objects.bulk_create(objects, batch_size=BATCH)
+        for start_at in range(0, len(objects), BATCH):
+            insert_many(Record, objects[start_at : start_at + BATCH])
         nexset.schema = merge(nexset.schema, rows, seen=nexset.record_count)
         nexset.last_seq = start + len(rows)
         nexset.record_count += len(rows)

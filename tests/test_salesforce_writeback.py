@@ -9,7 +9,6 @@ import time
 
 import pytest
 import requests
-from django.core.cache import cache
 from django.urls import reverse
 
 from clazar_dest.simulators.clazar import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
@@ -49,7 +48,7 @@ def admin(admin_client, sim):
 
 def fresh_describe() -> None:
     """Describe data is cached per org id, which every simulator shares: forget what another test saw."""
-    cache.delete(describe._key("fields", "Opportunity"))
+    describe.forget("Opportunity")
 
 
 def opportunity_ids(sim, count: int) -> list[str]:

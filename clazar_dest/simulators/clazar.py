@@ -57,21 +57,21 @@ masked), body (raw text when not JSON), status (None when dropped), fault and du
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
-import socket
-import socketserver
 import sys
-import threading
-import traceback
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any
 
 from clazar_dest.clazar.endpoints import RESOURCES
+from clazar_dest.simulators.base import (
+    ServedSimulator,
+    SimHandler,
+    add_address_arguments,
+    dispatch_control,
+    faults_from,
+    serve_in_foreground,
+)
 from clazar_dest.simulators.clazar_core import Api, Reply, Request
 
 DEFAULT_CLIENT_ID = "sim-client-id"
@@ -80,163 +80,7 @@ DEFAULT_PORT = 8010
 MAX_BODY = 16 * 1024 * 1024
 
 
-class _BodyError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.reply = Reply(status, {"detail": detail})
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 512
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], sim: ClazarSimulator) -> None:
-        self.sim = sim
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # Skip HTTPServer's getfqdn(), which can stall on a reverse DNS lookup.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self.sockets_lock:
-            open_now = list(self.open_sockets)
-        for sock in open_now:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # the client went away (timeouts, resets): nothing to report
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "ClazarSimulator/1.0"
-    timeout = 60  # seconds an idle keep-alive connection may stay open
-    # Answer at once: with Nagle on, every keep-alive request waits ~40 ms for the client's delayed ACK.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.sim.access_log:
-            super().log_message(format, *args)
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
-
-    def _serve(self) -> None:
-        try:
-            raw = self._read_body()
-        except _BodyError as exc:
-            self.close_connection = True
-            self._send(exc.reply)
-            return
-        url = urlsplit(self.path)
-        query = dict(parse_qsl(url.query, keep_blank_values=True))
-        sim = self.server.sim
-        if url.path.startswith("/__sim/"):
-            reply = _control(sim, self.command, url.path, query, raw)
-        else:
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            base = f"http://{self.headers.get('Host') or sim.url.removeprefix('http://')}"
-            try:
-                reply = sim.api.handle(Request(self.command, url.path, query, headers, raw, base))
-            except Exception:
-                traceback.print_exc()
-                reply = Reply(500, {"detail": "Simulator error."})
-        if reply.drop:
-            self.close_connection = True
-            return
-        self._send(reply)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks, total = [], 0
-            while True:
-                line = self.rfile.readline(65_537)
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    raise _BodyError(400, "Invalid chunked body.") from None
-                if size == 0:
-                    while self.rfile.readline(65_537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                total += size
-                if total > MAX_BODY:
-                    raise _BodyError(413, "Request body too large.")
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(65_537)
-        length = self.headers.get("Content-Length")
-        if not length:
-            return b""
-        try:
-            size = int(length)
-        except ValueError:
-            raise _BodyError(400, "Invalid Content-Length.") from None
-        if size < 0:
-            raise _BodyError(400, "Invalid Content-Length.")
-        if size > MAX_BODY:
-            raise _BodyError(413, "Request body too large.")
-        return self.rfile.read(size)
-
-    def _send(self, reply: Reply) -> None:
-        payload = reply.render()
-        try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if reply.status != 204:
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if payload and reply.status != 204 and self.command != "HEAD":
-                self.wfile.write(payload)
-        except OSError:
-            self.close_connection = True
-
-
-def _faults_from(body: Any) -> tuple[list[dict], bool]:
-    if isinstance(body, list):
-        return body, False
-    if isinstance(body, dict) and "faults" in body:
-        items = body["faults"]
-        if not isinstance(items, list):
-            raise ValueError('"faults" must be a list.')
-        return items, bool(body.get("append", False))
-    if isinstance(body, dict):
-        return [body], False
-    raise ValueError('Send a fault object, a list of them, or {"faults": [...], "append": false}.')
-
-
 def _control(sim: ClazarSimulator, method: str, path: str, query: dict[str, str], raw: bytes) -> Reply:
-    name = path.removeprefix("/__sim/").strip("/")
     try:
         body = json.loads(raw) if raw.strip() else None
     except ValueError as exc:
@@ -246,7 +90,7 @@ def _control(sim: ClazarSimulator, method: str, path: str, query: dict[str, str]
         return Reply(201, sim.seed(body or {}))
 
     def set_faults() -> Reply:
-        items, append = _faults_from(body)
+        items, append = faults_from(body)
         return Reply(200, {"faults": sim.set_faults(items, append=append)})
 
     def add_client() -> Reply:
@@ -285,20 +129,41 @@ def _control(sim: ClazarSimulator, method: str, path: str, query: dict[str, str]
             1
         ],
     }
-    handler = routes.get((method, name))
-    if handler is None:
-        allowed = [m for m, n in routes if n == name]
-        if allowed:
-            return Reply(405, {"detail": f'Method "{method}" not allowed.'}, {"Allow": ", ".join(allowed)})
-        return Reply(404, {"detail": "Not found."})
-    try:
-        return handler()
-    except (ValueError, TypeError, KeyError) as exc:
-        return Reply(400, {"detail": str(exc)})
+    return dispatch_control(routes, method, path, Reply)
 
 
-class ClazarSimulator:
+class _Handler(SimHandler):
+    server_version = "ClazarSimulator/1.0"
+    max_body = MAX_BODY
+    request_type = Request
+    control = staticmethod(_control)
+
+    def _failure(self, status: int, message: str) -> Reply:
+        return Reply(status, {"detail": message})
+
+    def _send(self, reply: Reply) -> None:
+        payload = reply.render()
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if reply.status != 204:
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if payload and reply.status != 204 and self.command != "HEAD":
+                self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True
+
+
+class ClazarSimulator(ServedSimulator):
     """The Clazar API on a real socket. `start()` serves it from daemon threads until `stop()`."""
+
+    handler = _Handler
+    thread_name = "clazar-simulator"
 
     def __init__(
         self,
@@ -315,7 +180,7 @@ class ClazarSimulator:
         log_limit: int = 10_000,
         access_log: bool = False,
     ) -> None:
-        self._stopping = threading.Event()
+        super().__init__(access_log)
         self.api = Api(
             client_id,
             client_secret,
@@ -330,56 +195,6 @@ class ClazarSimulator:
             max_page_size=max_page_size,
         )
         self.client_id = client_id
-        self.access_log = access_log
-        self.url = ""
-        self.host = ""
-        self.port = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        return f"<ClazarSimulator {self.url or 'stopped'}>"
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> Self:
-        if self._server is not None:
-            raise RuntimeError(f"The simulator is already running at {self.url}.")
-        self._stopping.clear()
-        self._server = _Server((host, port), self)
-        self.host, self.port = str(self._server.server_address[0]), int(self._server.server_address[1])
-        shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)  # noqa: S104
-        self.url = f"http://[{shown}]:{self.port}" if ":" in shown else f"http://{shown}:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"clazar-simulator-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()  # wakes handlers sleeping in latency and hang faults
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def __enter__(self) -> Self:
-        return self if self.running else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- helpers mirroring the control routes ----------------------------------------------------
 
@@ -434,10 +249,7 @@ class ClazarSimulator:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``python -m clazar_dest.simulators.clazar`` and ``manage.py clazar_simulator``."""
     env = os.environ.get
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)"
-    )
+    add_address_arguments(parser, DEFAULT_PORT)
     parser.add_argument("--client-id", default=env("CLAZAR_SIM_CLIENT_ID", DEFAULT_CLIENT_ID))
     parser.add_argument(
         "--client-secret",
@@ -467,20 +279,7 @@ def serve(options: dict[str, Any], out: Callable[[str], None]) -> None:
     if options.get("seed_file"):
         with open(options["seed_file"], encoding="utf-8") as handle:
             sim.seed(json.load(handle))
-    done = threading.Event()
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda *_: done.set()) if in_main else None
-    sim.start(options["host"], options["port"])
-    out(f"Clazar simulator listening on {sim.url}")
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+    serve_in_foreground(sim, options["host"], options["port"], "Clazar simulator", out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,12 +29,13 @@ from clazar_dest.clazar.endpoints import (
     READ_ONLY_FIELDS,
     RESOURCES,
 )
+from clazar_dest.simulators.base import RequestLog, mask, mask_headers
 from clazar_dest.simulators.clazar_faults import Fault, Faults
 from clazar_dest.simulators.clazar_rules import (
     CONFIG_CHECKS,
+    SECRET_HEADERS,
+    SECRET_KEYS,
     iso,
-    mask,
-    mask_headers,
     parse_when,
     type_name,
     validate,
@@ -101,7 +102,7 @@ def build_routes() -> list[Route]:
     return routes
 
 
-class Api:
+class Api(RequestLog):
     """Everything the simulated Clazar API knows, behind one lock."""
 
     def __init__(
@@ -216,56 +217,23 @@ class Api:
         with self.lock:
             return {**{r: len(self.store[r]) for r in RESOURCES}, "metering": len(self.metering)}
 
-    def requests_log(self, method: str | None = None, path: str | None = None) -> list[dict]:
-        with self.lock:
-            entries = [
-                e
-                for e in self.log
-                if (method is None or e["method"] == method.upper()) and (path is None or e["path"] == path)
-            ]
-            return copy.deepcopy(entries)
-
-    def clear_log(self) -> None:
-        with self.lock:
-            self.log.clear()
-
-    # -- requests --------------------------------------------------------------------------------
-
-    def handle(self, req: Request) -> Reply:
-        started = time.monotonic()
-        entry = self._log_start(req)
-        reply = self._answer(req)
-        with self.lock:
-            entry["status"] = None if reply.drop else reply.status
-            entry["fault"] = reply.fault
-            entry["duration"] = round(time.monotonic() - started, 6)
-        return reply
+    # -- requests (`handle` comes from RequestLog) -----------------------------------------------
 
     def _log_start(self, req: Request) -> dict:
         body, text = None, None
         if req.raw:
             try:
-                body = mask(json.loads(req.raw))
+                body = mask(json.loads(req.raw), SECRET_KEYS)
             except (ValueError, UnicodeDecodeError):
                 secretive = req.path.startswith("/authenticate")
                 text = "<hidden>" if secretive else req.raw[:65_536].decode("utf-8", "replace")
-        with self.lock:
-            self.log_seq += 1
-            entry = {
-                "id": self.log_seq,
-                "time": time.time(),
-                "method": req.method,
-                "path": req.path,
-                "query": dict(req.query),
-                "headers": mask_headers(req.headers),
-                "json": body,
-                "body": text,
-                "status": None,
-                "fault": None,
-                "duration": None,
-            }
-            self.log.append(entry)
-        return entry
+        return self._log_entry(
+            req,
+            query=dict(req.query),
+            headers=mask_headers(req.headers, SECRET_HEADERS),
+            json=body,
+            body=text,
+        )
 
     def _match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
         allowed: list[str] = []
@@ -277,7 +245,7 @@ class Api:
                 allowed.append(route.method)
         return None, {}, allowed
 
-    def _answer(self, req: Request) -> Reply:
+    def _answer(self, req: Request, entry: dict) -> Reply:
         route, params, allowed = self._match(req.method, req.path)
         if route is None and not allowed:
             return Reply(404, NOT_FOUND)

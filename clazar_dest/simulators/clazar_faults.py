@@ -5,8 +5,9 @@ The JSON shape is documented in `clazar_dest.simulators.clazar`. Stdlib only.
 
 from __future__ import annotations
 
-import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from clazar_dest.simulators.base import FaultList, FaultOptions
 
 KINDS: tuple[str, ...] = ("latency", "error", "unauthorized", "drop", "hang", "malformed", "huge", "redirect")
 # Kinds that, by default, run the request before misbehaving (the change is applied).
@@ -14,7 +15,7 @@ APPLYING_KINDS: tuple[str, ...] = ("drop", "hang", "malformed", "huge")
 
 
 @dataclass
-class Fault:
+class Fault(FaultOptions):
     kind: str
     route: str | None = None
     on_call: int = 1
@@ -30,12 +31,7 @@ class Fault:
 
     @classmethod
     def from_dict(cls, data: dict) -> Fault:
-        if not isinstance(data, dict):
-            raise ValueError("A fault must be a JSON object.")
-        allowed = {f.name for f in fields(cls)} - {"seen", "fired"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"Unknown fault option(s): {', '.join(unknown)}.")
+        cls.check_names(data)
         kind = data.get("kind")
         if kind not in KINDS:
             raise ValueError(f"Fault kind must be one of: {', '.join(KINDS)}.")
@@ -82,41 +78,11 @@ class Fault:
             return False
         return want_path in (path, template)
 
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
-
-class Faults:
+class Faults(FaultList[Fault]):
     """A thread-safe list of faults; `fire` counts a call and returns the faults that hit it."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-
-    def set(self, items: list[dict], append: bool = False) -> list[dict]:
-        parsed = [Fault.from_dict(item) for item in items]
-        with self._lock:
-            self._faults = [*self._faults, *parsed] if append else parsed
-            return [f.to_dict() for f in self._faults]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults = []
-
-    def list(self) -> list[dict]:
-        with self._lock:
-            return [f.to_dict() for f in self._faults]
+    fault_type = Fault
 
     def fire(self, key: str, method: str, path: str, template: str, authenticates: bool) -> list[Fault]:
-        hits: list[Fault] = []
-        with self._lock:
-            for fault in self._faults:
-                if not fault.matches(key, method, path, template, authenticates):
-                    continue
-                if fault.times and fault.fired >= fault.times:
-                    continue
-                fault.seen += 1
-                if fault.seen >= fault.on_call:
-                    fault.fired += 1
-                    hits.append(fault)
-        return hits
+        return self._fire(lambda fault: fault.matches(key, method, path, template, authenticates))

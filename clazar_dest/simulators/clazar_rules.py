@@ -12,6 +12,7 @@ from typing import Any
 
 from clazar_dest.clazar.endpoints import CHOICES, FIELD_TYPES, REQUIRED_FIELDS
 
+# JSON keys and headers masked in the request log.
 SECRET_KEYS = frozenset({"client_secret", "access_token", "refresh_token", "password", "secret"})
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 
@@ -70,25 +71,6 @@ def validate(resource: str, data: dict, partial: bool = False) -> dict[str, list
                 "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
             ]
     return errors
-
-
-def mask(value: Any) -> Any:
-    """A copy of a JSON value with secret-looking keys masked."""
-    if isinstance(value, dict):
-        return {k: "***" if k.lower() in SECRET_KEYS else mask(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v) for v in value]
-    return value
-
-
-def mask_headers(headers: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for name, value in headers.items():
-        if name in SECRET_HEADERS:
-            scheme, _, rest = value.partition(" ")
-            value = f"{scheme} ***" if rest else "***"
-        out[name] = value
-    return out
 
 
 def type_name(value: Any) -> str:

@@ -59,23 +59,24 @@ when dropped), fault and duration.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
 import re
-import signal
-import socket
-import socketserver
 import sys
-import threading
-import traceback
 from collections.abc import Callable
 from html import unescape
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
 
+from clazar_dest.simulators.base import (
+    ServedSimulator,
+    SimHandler,
+    add_address_arguments,
+    dispatch_control,
+    faults_from,
+    serve_in_foreground,
+)
 from clazar_dest.simulators.salesforce_core import DEFAULT_SCOPE, ROUTE_KEYS, Api, Reply, Request
 
 DEFAULT_CONSUMER_KEY = "sim-sf-consumer-key"
@@ -92,160 +93,7 @@ __all__ = [
 ]
 
 
-class _BodyError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.reply = Reply(status, [{"message": message, "errorCode": "BAD_REQUEST"}])
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 512
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], sim: SalesforceSimulator) -> None:
-        self.sim = sim
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # Skip HTTPServer's getfqdn(), which can stall on a reverse DNS lookup.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self.sockets_lock:
-            open_now = list(self.open_sockets)
-        for sock in open_now:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # the client went away (timeouts, resets): nothing to report
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "SalesforceSimulator/1.0"
-    timeout = 60  # seconds an idle keep-alive connection may stay open
-    disable_nagle_algorithm = True  # answer at once instead of waiting for the client's delayed ACK
-    server: _Server
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.sim.access_log:
-            super().log_message(format, *args)
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
-
-    def _serve(self) -> None:
-        try:
-            raw = self._read_body()
-        except _BodyError as exc:
-            self.close_connection = True
-            self._send(exc.reply)
-            return
-        url = urlsplit(self.path)
-        query = dict(parse_qsl(url.query, keep_blank_values=True))
-        sim = self.server.sim
-        if url.path.startswith("/__sim/"):
-            reply = _control(sim, self.command, url.path, query, raw)
-        else:
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            base = f"http://{self.headers.get('Host') or sim.url.removeprefix('http://')}"
-            try:
-                reply = sim.api.handle(Request(self.command, url.path, query, headers, raw, base))
-            except Exception:
-                traceback.print_exc()
-                reply = Reply(500, [{"message": "Simulator error.", "errorCode": "UNKNOWN_EXCEPTION"}])
-        if reply.drop:
-            self.close_connection = True
-            return
-        self._send(reply)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks, total = [], 0
-            while True:
-                line = self.rfile.readline(65_537)
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    raise _BodyError(400, "Invalid chunked body.") from None
-                if size == 0:
-                    while self.rfile.readline(65_537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                total += size
-                if total > MAX_BODY:
-                    raise _BodyError(413, "Request body too large.")
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(65_537)
-        length = self.headers.get("Content-Length")
-        if not length:
-            return b""
-        try:
-            size = int(length)
-        except ValueError:
-            raise _BodyError(400, "Invalid Content-Length.") from None
-        if not 0 <= size <= MAX_BODY:
-            raise _BodyError(413 if size > 0 else 400, "Invalid or too large Content-Length.")
-        return self.rfile.read(size)
-
-    def _send(self, reply: Reply) -> None:
-        payload = b"" if reply.status in (204, 304) else reply.render()
-        try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if reply.status not in (204, 304):
-                if payload:
-                    self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(payload)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if payload and self.command != "HEAD":
-                self.wfile.write(payload)
-        except OSError:
-            self.close_connection = True
-
-
-def _faults_from(body: Any) -> tuple[list[Any], bool]:
-    if isinstance(body, list):
-        return body, False
-    if isinstance(body, dict) and "faults" in body:
-        if not isinstance(body["faults"], list):
-            raise ValueError('"faults" must be a list.')
-        return body["faults"], bool(body.get("append", False))
-    if isinstance(body, dict):
-        return [body], False
-    raise ValueError('Send a fault object, a list of them, or {"faults": [...], "append": false}.')
-
-
 def _control(sim: SalesforceSimulator, method: str, path: str, query: dict[str, str], raw: bytes) -> Reply:
-    name = path.removeprefix("/__sim/").strip("/")
     try:
         body = json.loads(raw) if raw.strip() else None
     except ValueError as exc:
@@ -263,7 +111,7 @@ def _control(sim: SalesforceSimulator, method: str, path: str, query: dict[str, 
         return Reply(200, sim.configure(**body))
 
     def set_faults() -> Reply:
-        items, append = _faults_from(body)
+        items, append = faults_from(body)
         return Reply(200, {"faults": sim.set_faults(items, append=append)})
 
     def touch() -> Reply:
@@ -299,21 +147,45 @@ def _control(sim: SalesforceSimulator, method: str, path: str, query: dict[str, 
             Reply(200, {"detail": "Tokens expired."}),
         )[1],
     }
-    handler = routes.get((method, name))
-    if handler is None:
-        allowed = [m for m, n in routes if n == name]
-        if allowed:
-            return Reply(405, {"detail": f'Method "{method}" not allowed.'}, {"Allow": ", ".join(allowed)})
-        return Reply(404, {"detail": "Not found."})
-    try:
-        return handler()
-    except (ValueError, TypeError, KeyError) as exc:
-        return Reply(400, {"detail": str(exc)})
+    return dispatch_control(routes, method, path, Reply)
 
 
-class SalesforceSimulator:
+class _Handler(SimHandler):
+    server_version = "SalesforceSimulator/1.0"
+    max_body = MAX_BODY
+    length_messages = ("Invalid or too large Content-Length.", "Invalid or too large Content-Length.")
+    request_type = Request
+    control = staticmethod(_control)
+
+    def _failure(self, status: int, message: str) -> Reply:
+        code = "UNKNOWN_EXCEPTION" if status >= 500 else "BAD_REQUEST"
+        return Reply(status, [{"message": message, "errorCode": code}])
+
+    def _send(self, reply: Reply) -> None:
+        payload = b"" if reply.status in (204, 304) else reply.render()
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if reply.status not in (204, 304):
+                if payload:
+                    self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if payload and self.command != "HEAD":
+                self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True
+
+
+class SalesforceSimulator(ServedSimulator):
     """A Salesforce org (login host and instance) on a real socket. `start()` serves it from daemon
     threads until `stop()`."""
+
+    handler = _Handler
+    thread_name = "salesforce-simulator"
 
     def __init__(
         self,
@@ -326,7 +198,7 @@ class SalesforceSimulator:
         log_limit: int = 10_000,
         access_log: bool = False,
     ) -> None:
-        self._stopping = threading.Event()
+        super().__init__(access_log)
         self.api = Api(
             consumer_key,
             consumer_secret,
@@ -336,56 +208,6 @@ class SalesforceSimulator:
             sleep=self._stopping.wait,
             log_limit=log_limit,
         )
-        self.access_log = access_log
-        self.url = ""
-        self.host = ""
-        self.port = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        return f"<SalesforceSimulator {self.url or 'stopped'}>"
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> Self:
-        if self._server is not None:
-            raise RuntimeError(f"The simulator is already running at {self.url}.")
-        self._stopping.clear()
-        self._server = _Server((host, port), self)
-        self.host, self.port = str(self._server.server_address[0]), int(self._server.server_address[1])
-        shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)  # noqa: S104
-        self.url = f"http://[{shown}]:{self.port}" if ":" in shown else f"http://{shown}:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"salesforce-simulator-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()  # wakes handlers sleeping in latency and hang faults
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def __enter__(self) -> Self:
-        return self if self.running else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -525,10 +347,7 @@ def _http(method: str, url: str, form: dict[str, str] | None = None) -> tuple[in
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``python -m clazar_dest.simulators.salesforce`` and ``manage.py salesforce_simulator``."""
     env = os.environ.get
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)"
-    )
+    add_address_arguments(parser, DEFAULT_PORT)
     parser.add_argument("--consumer-key", default=env("SALESFORCE_SIM_CONSUMER_KEY", DEFAULT_CONSUMER_KEY))
     parser.add_argument(
         "--consumer-secret",
@@ -571,20 +390,7 @@ def serve(options: dict[str, Any], out: Callable[[str], None]) -> None:
         access_token_ttl=int(ttl) if float(ttl).is_integer() else ttl,
         callback_urls=list(options.get("callback_urls") or []),
     )
-    done = threading.Event()
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda *_: done.set()) if in_main else None
-    sim.start(options["host"], options["port"])
-    out(f"Salesforce simulator listening on {sim.url}")
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+    serve_in_foreground(sim, options["host"], options["port"], "Salesforce simulator", out)
 
 
 def main(argv: list[str] | None = None) -> int:

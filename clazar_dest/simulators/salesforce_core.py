@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from clazar_dest.simulators import salesforce_data as sfdata
+from clazar_dest.simulators.base import RequestLog, mask, mask_headers
 from clazar_dest.simulators.salesforce_data import SCHEMA, Store, ValueProblem, find_object, make_id
 from clazar_dest.simulators.salesforce_faults import OAUTH_ROUTES, ROUTE_KEYS, Fault, Faults, _fault_body
 from clazar_dest.simulators.salesforce_http import NOT_FOUND, Reply, Request, rest_error
@@ -85,24 +86,6 @@ def permissions_from(value: dict[str, Any]) -> dict[str, dict[str, bool]]:
     return merged
 
 
-def mask(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: "***" if str(k).lower() in SECRET_FIELDS else mask(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v) for v in value]
-    return value
-
-
-def mask_headers(headers: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for name, value in headers.items():
-        if name in SECRET_HEADERS:
-            scheme, _, rest = value.partition(" ")
-            value = f"{scheme} ***" if rest else "***"
-        out[name] = value
-    return out
-
-
 @dataclass
 class Route:
     key: str
@@ -113,7 +96,7 @@ class Route:
 # -- the simulated org ---------------------------------------------------------------------------
 
 
-class Api(OAuth):
+class Api(RequestLog, OAuth):
     """Everything the simulated Salesforce org knows, behind one lock."""
 
     def __init__(
@@ -287,64 +270,30 @@ class Api(OAuth):
         with self.lock:
             return self._issue(base_url, self.config["consumer_key"], scope)
 
-    def requests_log(self, method: str | None = None, path: str | None = None) -> list[dict]:
-        with self.lock:
-            return copy.deepcopy(
-                [
-                    e
-                    for e in self.log
-                    if (method is None or e["method"] == method.upper())
-                    and (path is None or e["path"] == path)
-                ]
-            )
-
-    def clear_log(self) -> None:
-        with self.lock:
-            self.log.clear()
-
-    # -- requests --------------------------------------------------------------------------------
-
-    def handle(self, req: Request) -> Reply:
-        started = time.monotonic()
-        entry = self._log_start(req)
-        reply = self._answer(req, entry)
-        with self.lock:
-            entry["status"] = None if reply.drop else reply.status
-            entry["fault"] = reply.fault
-            entry["duration"] = round(time.monotonic() - started, 6)
-        return reply
+    # -- requests (`handle` comes from RequestLog) -----------------------------------------------
 
     def _log_start(self, req: Request) -> dict:
         kind = req.headers.get("content-type", "").split(";")[0].strip().lower()
         form = body_json = text = None
         if req.raw:
             if kind == "application/x-www-form-urlencoded":
-                form = mask(dict(parse_qsl(req.raw.decode("utf-8", "replace"), keep_blank_values=True)))
+                raw_form = dict(parse_qsl(req.raw.decode("utf-8", "replace"), keep_blank_values=True))
+                form = mask(raw_form, SECRET_FIELDS)
             else:
                 try:
-                    body_json = mask(json.loads(req.raw))
+                    body_json = mask(json.loads(req.raw), SECRET_FIELDS)
                 except (ValueError, UnicodeDecodeError):
                     secretive = req.path.startswith("/services/oauth2/")
                     text = "<hidden>" if secretive else req.raw[:65_536].decode("utf-8", "replace")
-        with self.lock:
-            self.log_seq += 1
-            entry = {
-                "id": self.log_seq,
-                "time": time.time(),
-                "method": req.method,
-                "path": req.path,
-                "route": None,
-                "query": mask(dict(req.query)),
-                "headers": mask_headers(req.headers),
-                "form": form,
-                "json": body_json,
-                "body": text,
-                "status": None,
-                "fault": None,
-                "duration": None,
-            }
-            self.log.append(entry)
-        return entry
+        return self._log_entry(
+            req,
+            route=None,
+            query=mask(dict(req.query), SECRET_FIELDS),
+            headers=mask_headers(req.headers, SECRET_HEADERS),
+            form=form,
+            json=body_json,
+            body=text,
+        )
 
     def _answer(self, req: Request, entry: dict) -> Reply:
         data = re.fullmatch(r"/services/data/(v\d+\.\d+)(/.*)?", req.path)

@@ -6,9 +6,10 @@ The JSON shape is documented in `clazar_dest.simulators.salesforce`. Stdlib only
 
 from __future__ import annotations
 
-import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from clazar_dest.simulators.base import FaultList, FaultOptions
 
 ROUTE_KEYS = (
     "authorize",  # the consent page and the decision posted from it
@@ -31,7 +32,7 @@ FAULT_KINDS = ("latency", "error", "unauthorized", "drop", "hang")
 
 
 @dataclass
-class Fault:
+class Fault(FaultOptions):
     kind: str
     route: str | None = None
     on_call: int = 1
@@ -46,11 +47,7 @@ class Fault:
 
     @classmethod
     def from_dict(cls, data: Any) -> Fault:
-        if not isinstance(data, dict):
-            raise ValueError("A fault must be a JSON object.")
-        unknown = sorted(set(data) - ({f.name for f in fields(cls)} - {"seen", "fired"}))
-        if unknown:
-            raise ValueError(f"Unknown fault option(s): {', '.join(unknown)}.")
+        cls.check_names(data)
         if data.get("kind") not in FAULT_KINDS:
             raise ValueError(
                 f"Fault kind must be one of: {', '.join(FAULT_KINDS)}; got {data.get('kind')!r}."
@@ -71,42 +68,14 @@ class Fault:
             raise ValueError("Fault option apply must be true or false.")
         return fault
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
-
-class Faults:
+class Faults(FaultList[Fault]):
     """A thread-safe list of faults; `fire` counts a call of a route and returns the faults that hit it."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-
-    def set(self, items: list[Any], append: bool = False) -> list[dict]:
-        parsed = [Fault.from_dict(item) for item in items]
-        with self._lock:
-            self._faults = [*self._faults, *parsed] if append else parsed
-            return [f.to_dict() for f in self._faults]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults = []
-
-    def list(self) -> list[dict]:
-        with self._lock:
-            return [f.to_dict() for f in self._faults]
+    fault_type = Fault
 
     def fire(self, route: str) -> list[Fault]:
-        hits: list[Fault] = []
-        with self._lock:
-            for fault in self._faults:
-                if fault.route not in (None, route) or (fault.times and fault.fired >= fault.times):
-                    continue
-                fault.seen += 1
-                if fault.seen >= fault.on_call:
-                    fault.fired += 1
-                    hits.append(fault)
-        return hits
+        return self._fire(lambda fault: fault.route in (None, route))
 
 
 def _fault_body(route: str, status: int, code: str | None, message: str | None) -> Any:

@@ -67,6 +67,8 @@ class GroupCommit(Generic[Item, Result]):
         self.batches = 0  # how many batches were written (for the bench and tests)
 
     def submit(self, item: Item) -> Result:
+        if self._closing:  # after close (nothing should come then): written here, alone
+            return self._write_one(item)
         slot = _Slot(item)
         with self._cond:
             self._waiting.append(slot)

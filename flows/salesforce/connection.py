@@ -16,11 +16,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connection as db
@@ -345,40 +345,84 @@ def client() -> SalesforceClient:
 
 def refresh(connection_id: int, failed: str) -> str:
     """A new access token after ``failed`` was refused; one refresh for all workers at a time."""
-    broken: str | None = None
-    with exclusive(SalesforceConnection, connection_id) as row:
+
+    def usable(row: SalesforceConnection) -> None:
+        if row.status == SalesforceConnection.Status.BROKEN:
+            raise NotConnected(f"The Salesforce connection needs reconnecting: {row.last_error}")
+
+    def refused(row: SalesforceConnection, reason: str) -> Exception:
+        broken = f"Salesforce refused the refresh token ({reason})"
+        SalesforceConnection.objects.filter(pk=connection_id).update(
+            status=SalesforceConnection.Status.BROKEN, last_error=broken
+        )
+        log.warning("salesforce: connection broken: %s", broken)
+        return NotConnected(f"{broken}. An Admin must reconnect on the Salesforce page.")
+
+    return refresh_row(
+        SalesforceConnection,
+        connection_id,
+        failed,
+        gone=lambda: NotConnected("Salesforce was disconnected."),
+        no_app=lambda: NotConnected(
+            "The connected app settings are missing: save them on the Salesforce page."
+        ),
+        environment=lambda row: row.environment,
+        check=usable,
+        refused=refused,
+        changes=lambda: {"refreshed_at": timezone.now(), "last_error": ""},
+        label="the org connection",
+    )
+
+
+def refresh_row(
+    model: type[Row],
+    pk: int,
+    failed: str,
+    *,
+    gone: Callable[[], Exception],
+    no_app: Callable[[], Exception],
+    environment: Callable[[Row], str],
+    refused: Callable[[Row, str], Exception],
+    check: Callable[[Row], None] = lambda row: None,
+    changes: Callable[[], dict[str, Any]] = dict,
+    label: str,
+) -> str:
+    """The token refresh shared by the org connection and people's own links: under ``exclusive``, reuse
+    a token another worker got meanwhile, else ask Salesforce with the row's refresh token and store the
+    new access token (and the rotated refresh token). ``refused`` says what a refused refresh token
+    means for the row and returns the exception to raise."""
+    with exclusive(model, pk) as row:
         if row is None:
-            raise NotConnected("Salesforce was disconnected.")
+            raise gone()
         now_token = row.access_token.reveal() if row.access_token else ""
         if now_token and now_token != failed:
             return now_token  # another worker refreshed while we waited for the lock
-        if row.status == SalesforceConnection.Status.BROKEN:
-            raise NotConnected(f"The Salesforce connection needs reconnecting: {row.last_error}")
+        check(row)
         settings_row = app()
         if settings_row is None:
-            raise NotConnected("The connected app settings are missing: save them on the Salesforce page.")
+            raise no_app()
         try:
             tokens = oauth.refresh(
-                login_base(row.environment),
+                login_base(environment(row)),
                 settings_row.consumer_key,
                 settings_row.consumer_secret.reveal(),
                 row.refresh_token.reveal(),
                 timeout=timeout(),
             )
         except InvalidGrant as exc:
-            broken = f"Salesforce refused the refresh token ({exc.description or exc.error})"
-            SalesforceConnection.objects.filter(pk=connection_id).update(
-                status=SalesforceConnection.Status.BROKEN, last_error=broken
-            )
+            failure = refused(row, exc.description or exc.error)
         else:
-            changes = {"access_token": tokens.access_token, "refreshed_at": timezone.now(), "last_error": ""}
+            stored: dict[str, Any] = {"access_token": tokens.access_token, **changes()}
             if tokens.refresh_token:
-                changes["refresh_token"] = tokens.refresh_token  # rotated: the old one no longer works
-            SalesforceConnection.objects.filter(pk=connection_id).update(**changes)
-            log.info("salesforce: refreshed the access token%s", " (rotated)" if tokens.refresh_token else "")
+                stored["refresh_token"] = tokens.refresh_token  # rotated: the old one no longer works
+            model._default_manager.filter(pk=pk).update(**stored)
+            log.info(
+                "salesforce: refreshed the access token of %s%s",
+                label,
+                " (rotated)" if tokens.refresh_token else "",
+            )
             return tokens.access_token
-    log.warning("salesforce: connection broken: %s", broken)
-    raise NotConnected(f"{broken}. An Admin must reconnect on the Salesforce page.")
+    raise failure
 
 
 @contextmanager

@@ -11,14 +11,21 @@ TTL = 300
 PARENTS = ("Account", "Opportunity", "Contact")  # parent objects whose fields are offered as Parent.Field
 
 
-def _key(*parts: str) -> str:
+def _org() -> str:
+    """The connected org's id, the first part of every cache key (one query: read it once per call)."""
     row = connection.current()
-    return ":".join(["sf", row.org_id if row else "-", *parts])
+    return row.org_id if row else "-"
+
+
+def forget(*names: str) -> None:
+    """Drop the cached object list and the named objects' fields of the connected org."""
+    org = _org()
+    cache.delete_many([f"sf:{org}:objects", *(f"sf:{org}:fields:{name}" for name in names)])
 
 
 def objects() -> list[dict]:
     """Queryable objects, by label."""
-    key = _key("objects")
+    key = f"sf:{_org()}:objects"
     found = cache.get(key)
     if found is None:
         found = sorted(
@@ -33,9 +40,9 @@ def objects() -> list[dict]:
     return found
 
 
-def fields(name: str) -> list[dict]:
-    """The object's fields as describe gives them."""
-    key = _key("fields", name)
+def fields(name: str, org: str | None = None) -> list[dict]:
+    """The object's fields as describe gives them (``org``: the connected org's id, when known)."""
+    key = f"sf:{org or _org()}:fields:{name}"
     found = cache.get(key)
     if found is None:
         found = connection.client().describe(name).get("fields", [])
@@ -45,7 +52,8 @@ def fields(name: str) -> list[dict]:
 
 def field_choices(name: str) -> list[dict]:
     """Fields to pick: the object's own, then Parent.Field for its lookups to common parents."""
-    own = fields(name)
+    org = _org()
+    own = fields(name, org)
     choices = [
         {"path": f["name"], "label": f.get("label") or f["name"], "type": f.get("type", "")} for f in own
     ]
@@ -54,7 +62,7 @@ def field_choices(name: str) -> list[dict]:
         relation = f.get("relationshipName")
         if f.get("type") != "reference" or not relation or len(targets) != 1 or targets[0] not in PARENTS:
             continue
-        for parent in fields(targets[0]):
+        for parent in fields(targets[0], org):
             if parent.get("type") in ("reference", "id", "base64", "address", "location"):
                 continue
             choices.append(

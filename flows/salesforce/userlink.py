@@ -25,7 +25,7 @@ from django.http import HttpRequest
 
 from clazar_dest.salesforce import oauth
 from clazar_dest.salesforce.client import SalesforceClient, SalesforceUnavailable
-from clazar_dest.salesforce.oauth import InvalidGrant, OAuthError
+from clazar_dest.salesforce.oauth import OAuthError
 from flows import audit
 from flows.models import Nexset, SalesforceConnection, SalesforceUserLink
 from flows.salesforce import connection
@@ -232,36 +232,21 @@ def client(user_id: int) -> tuple[SalesforceUserLink, SalesforceClient]:
 def refresh(link_id: int, failed: str) -> str:
     """A new access token for the link after ``failed`` was refused; one refresh for all workers at a time.
     NotLinked when the link is gone or Salesforce refuses its refresh token (the person links again)."""
-    refused: str | None = None
-    with connection.exclusive(SalesforceUserLink, link_id) as link:
-        if link is None:
-            raise NotLinked("The Salesforce link was disconnected.")
-        now_token = link.access_token.reveal() if link.access_token else ""
-        if now_token and now_token != failed:
-            return now_token  # another worker refreshed while we waited for the lock
-        app = connection.app()
-        if app is None:
-            raise NotLinked(
-                "The connected app settings are missing: an Admin saves them on the Salesforce page."
-            )
-        try:
-            tokens = oauth.refresh(
-                connection.login_base(environment()),
-                app.consumer_key,
-                app.consumer_secret.reveal(),
-                link.refresh_token.reveal(),
-                timeout=connection.timeout(),
-            )
-        except InvalidGrant as exc:
-            refused = (
-                f"Salesforce refused the refresh token of {link.username} ({exc.description or exc.error})"
-            )
-        else:
-            changes = {"access_token": tokens.access_token}
-            if tokens.refresh_token:
-                changes["refresh_token"] = tokens.refresh_token  # rotated: the old one no longer works
-            SalesforceUserLink.objects.filter(pk=link_id).update(**changes)
-            log.info("salesforce: refreshed the access token of user link %s", link_id)
-            return tokens.access_token
-    log.warning("salesforce: user link %s refused: %s", link_id, refused)
-    raise NotLinked(f"{refused}. They disconnect and connect again on their profile page.")
+
+    def refused(link: SalesforceUserLink, reason: str) -> Exception:
+        message = f"Salesforce refused the refresh token of {link.username} ({reason})"
+        log.warning("salesforce: user link %s refused: %s", link_id, message)
+        return NotLinked(f"{message}. They disconnect and connect again on their profile page.")
+
+    return connection.refresh_row(
+        SalesforceUserLink,
+        link_id,
+        failed,
+        gone=lambda: NotLinked("The Salesforce link was disconnected."),
+        no_app=lambda: NotLinked(
+            "The connected app settings are missing: an Admin saves them on the Salesforce page."
+        ),
+        environment=lambda link: environment(),
+        refused=refused,
+        label=f"user link {link_id}",
+    )
