@@ -82,11 +82,14 @@ class CredentialView:
             return self._row
 
     def refresh(self) -> None:
-        """Read the row again and make sure it holds a usable token (fetching one when not, here rather
-        than in each sending thread); a failure is left for the sends to report."""
+        """Read the row again."""
         row = Credential.objects.only(*self.FIELDS).get(pk=self.credential_id)
         with self._lock:
             self._row = row
+
+    def ready(self) -> None:
+        """Make sure a usable token is at hand (fetching one when not: in the caller, the run's loop,
+        rather than in each sending thread); a failure is left for the sends to report."""
         with contextlib.suppress(AuthError):
             self.token()
 

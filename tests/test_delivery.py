@@ -115,6 +115,19 @@ def test_only_active_destinations_are_planned(make):
     assert not dest.deliveries.exists()
 
 
+def test_a_deactivated_destination_asks_clazar_for_nothing_not_even_a_token(make, sim):
+    dest = make(CREATE, offers(2))
+    run(dest, limit=1)  # one sent while active
+    dest.credential.__class__.objects.filter(pk=dest.credential_id).update(
+        access_token="", token_expires_at=None
+    )
+    dest.status = Destination.Status.PAUSED
+    dest.save(update_fields=["status"])
+    sim.clear_requests_log()
+    assert run(dest) == {}
+    assert sim.requests_log() == []  # no /authenticate/ either
+
+
 def test_batching_puts_several_records_in_one_delivery(make):
     config = {**CREATE, "mode": "advanced", "method": "POST", "batching": {"enabled": True, "size": 3}}
     dest = make(config, offers(7))

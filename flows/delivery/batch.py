@@ -46,7 +46,7 @@ class GroupCommit(Generic[Item, Result]):
 
     With ``writer=True`` one thread of its own writes every batch (start it lazily, stop it with
     ``close``): the sending threads then need no database connection of their own, so a pool of many
-    threads holds three connections, not one per thread. Without, the thread that finds no batch being
+    threads holds one connection per writer, not one per thread. Without, the thread that finds no batch being
     written writes one, in its own connection (and transaction: what tests inside a transaction need)."""
 
     def __init__(

@@ -139,6 +139,7 @@ class _Gate:
         self.read_at = 0.0
         self.status = ""
         self.paused_until = None
+        self.token_checked = False
 
     def check(self, force: bool = False) -> tuple[bool, float]:
         """(may send, seconds to wait first)."""
@@ -157,12 +158,16 @@ class _Gate:
             self.ctx.failing = self.ctx.failing or failures > 0
             self.ctx.view.refresh()  # an edited credential (API base, token) reaches the sends too
             self.read_at = time.monotonic()
+            self.token_checked = False
         if self.status != Destination.Status.ACTIVE:
             return False, 0.0
         if self.paused_until is not None:
             left = (self.paused_until - timezone.now()).total_seconds()
             if left > 0:
                 return left <= SHORT_PAUSE, left
+        if not self.token_checked:  # only for a run that sends: a paused one asks Clazar for nothing
+            self.ctx.view.ready()
+            self.token_checked = True
         return True, 0.0
 
 

@@ -77,7 +77,7 @@ class Context:
     halt: threading.Event = field(default_factory=threading.Event)
     # Whether the breaker count may be above zero (so a success must reset it): saves a write per send.
     failing: bool = True
-    # The credential's API base and token as the sends of this run see them (re-read at most every 0.5 s).
+    # The credential's API base and token as the sends of this run see them (refreshed by the run's loop).
     view: tokens.CredentialView = field(init=False)
     # The attempt rows and the outcomes of this run's threads, written in batches (``batch.GroupCommit``),
     # by writer threads of their own when the run has a pool of threads (``writers``).
@@ -132,7 +132,7 @@ def exchange(
 ) -> Exchange:
     """Open attempt ``number`` (committed), send ``spec`` with the credential, classify the answer as the
     ``in_round``-th try of the current retry schedule (default: ``number``). The caller closes the attempt
-    (``close_attempt``) together with its own write. Shared with Send Test Data. ``view`` and ``opener``:
+    (``close_attempt`` or ``write_outcomes``) together with its own write. Shared with Send Test Data. ``view`` and ``opener``:
     the deliver run's shared credential view and attempt batches."""
     endpoint = BY_KEY.get(spec.endpoint)
     risky = unsafe(spec.method, spec.endpoint)
