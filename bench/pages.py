@@ -72,10 +72,10 @@ SELECT r.id AS record_id, d.id AS destination_id, r.seq, n.last_seq AS total,
     now() - interval '%(days)s days' + (r.seq::float / n.last_seq) * interval '%(days)s days' AS ts
 FROM flows_record r JOIN flows_nexset n ON n.id = r.nexset_id JOIN flows_destination d ON d.nexset_id = n.id;
 
-INSERT INTO flows_delivery (created_at, updated_at, uuid, state, is_test, attempts, next_attempt_at, lease_until,
-    idempotency_key, method, url, body, target_id, endpoint, created_object_id, checks, last_status,
+INSERT INTO flows_delivery (created_at, updated_at, uuid, state, is_test, attempts, attempts_base,
+    next_attempt_at, lease_until, idempotency_key, method, url, body, target_id, endpoint, created_object_id, checks, last_status,
     last_error, finished_at, destination_id)
-SELECT ts, ts, gen_random_uuid(), st, false, CASE WHEN st = 'queued' THEN 0 ELSE 1 END,
+SELECT ts, ts, gen_random_uuid(), st, false, CASE WHEN st = 'queued' THEN 0 ELSE 1 END, 0,
     CASE WHEN st IN ('queued', 'retry_scheduled') THEN ts + interval '1 minute' END, NULL,
     gen_random_uuid()::text, 'POST', 'https://api.clazar.io/private_offers/',
     convert_to('{"id":"po-' || seq || '","name":"Offer ' || seq || '"}', 'UTF8'), '', 'create_private_offer',
@@ -171,7 +171,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
     from django.core.management import call_command
-    from django.db import connection
+    from django.db import connection, transaction
     from django.test import Client
     from django.test.utils import setup_test_environment
 
@@ -189,7 +189,7 @@ def main() -> None:
         if Delivery.objects.exists():
             sys.exit("The scratch database holds other data: run with --fresh.")
         started = time.perf_counter()
-        with connection.cursor() as cursor:
+        with transaction.atomic(), connection.cursor() as cursor:  # all or nothing: a failed fill leaves none
             for statement in (FILL % {"big": args.deliveries, "small": SMALL, "days": DAYS}).split(";\n\n"):
                 cursor.execute(statement)
         print(
