@@ -43,15 +43,8 @@ def new_attempt(delivery: Delivery, spec: RequestSpec, number: int) -> Attempt:
     )
 
 
-def open_attempt(delivery: Delivery, spec: RequestSpec, number: int) -> Attempt:
-    """Create and commit the attempt before anything is sent (one INSERT: autocommitted)."""
-    attempt = new_attempt(delivery, spec, number)
-    attempt.save(force_insert=True)
-    return attempt
-
-
 def open_attempts(attempts: list[Attempt]) -> list[Attempt]:
-    """Insert (and commit) several attempts in one statement; each gets its id."""
+    """Insert (and commit) attempts before anything is sent, in one statement; each gets its id."""
     insert_many(Attempt, attempts)
     return attempts
 

@@ -87,8 +87,12 @@ def write_many(delivery_ids: list[int]) -> list[Record | None]:
             due.append((delivery, nexset, ref))
     if not due:
         return [None] * len(delivery_ids)
-    refs = [ref for _, _, ref in due]
-    stored = set(Record.objects.filter(source_ref__in=refs).values_list("nexset_id", "source_ref"))
+    refs, nexset_ids = [ref for _, _, ref in due], {n.pk for _, n, _ in due}
+    stored = set(
+        Record.objects.filter(nexset_id__in=nexset_ids, source_ref__in=refs).values_list(
+            "nexset_id", "source_ref"
+        )
+    )
     fresh = [(d, n, ref) for d, n, ref in due if (n.pk, ref) not in stored]
     if fresh:
         attempts, covered = _latest_attempts(fresh), _covered(fresh)
@@ -106,7 +110,7 @@ def write_many(delivery_ids: list[int]) -> list[Record | None]:
                 writeback.schedule(delivery)  # Salesforce Nexsets: the created id back into the source
     written = {
         (r.nexset_id, r.source_ref): r
-        for r in Record.objects.filter(source_ref__in=refs, nexset_id__in={n.pk for _, n, _ in due})
+        for r in Record.objects.filter(nexset_id__in=nexset_ids, source_ref__in=refs)
     }
     by_delivery = {d.pk: written.get((n.pk, ref)) for d, n, ref in due}
     return [by_delivery.get(pk) for pk in delivery_ids]
