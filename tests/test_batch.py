@@ -164,27 +164,31 @@ def test_insert_many_stores_every_field_as_save_would_and_gives_each_object_its_
     assert Attempt.objects.get(pk=attempts[1].pk).response_headers == {}
 
 
+def creates_over_the_simulator(settings, sim, count: int, **config) -> Destination:
+    """An active Create Private Offer destination over ``count`` new records, sent to ``sim`` (50 ms a
+    call, no rate limit)."""
+    settings.CLAZAR_API_BASES = ["https://api.clazar.io", sim.url]
+    sim.add_fault("latency", seconds=0.05)
+    credential = CredentialFactory(
+        api_base=sim.url, client_id=DEFAULT_CLIENT_ID, client_secret=DEFAULT_CLIENT_SECRET, rate_limit=100_000
+    )
+    nexset = NexsetFactory()
+    records.append(
+        nexset.pk, [{"name": f"Offer {i}", "listing": "lst-1", "buyer": f"{i:012d}"} for i in range(count)]
+    )
+    return DestinationFactory(
+        nexset=nexset,
+        credential=credential,
+        config={"mode": "template", "template": "create_private_offer", **config},
+        status=Destination.Status.ACTIVE,
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 def test_with_a_pool_of_threads_every_attempt_is_committed_before_clazar_sees_the_request(
     settings, clazar_sim, monkeypatch
 ):
-    settings.CLAZAR_API_BASES = ["https://api.clazar.io", clazar_sim.url]
-    clazar_sim.add_fault("latency", seconds=0.05)
-    credential = CredentialFactory(
-        api_base=clazar_sim.url,
-        client_id=DEFAULT_CLIENT_ID,
-        client_secret=DEFAULT_CLIENT_SECRET,
-        rate_limit=100_000,
-    )
-    nexset = NexsetFactory()
-    rows = [{"name": f"Offer {i}", "listing": "lst-1", "buyer": f"{i:012d}"} for i in range(60)]
-    records.append(nexset.pk, rows)
-    dest = DestinationFactory(
-        nexset=nexset,
-        credential=credential,
-        config={"mode": "template", "template": "create_private_offer"},
-        status=Destination.Status.ACTIVE,
-    )
+    dest = creates_over_the_simulator(settings, clazar_sim, 60)
     # On Clazar's side, before the request is handled: is its attempt committed (seen from another
     # database connection) and still open?
     checked: list[tuple[str, bool]] = []
@@ -221,24 +225,7 @@ def test_with_a_pool_of_threads_every_attempt_is_committed_before_clazar_sees_th
 
 @pytest.mark.django_db(transaction=True)
 def test_a_pool_of_threads_writes_every_response_once_through_few_database_connections(settings, clazar_sim):
-    settings.CLAZAR_API_BASES = ["https://api.clazar.io", clazar_sim.url]
-    clazar_sim.add_fault("latency", seconds=0.05)
-    credential = CredentialFactory(
-        api_base=clazar_sim.url,
-        client_id=DEFAULT_CLIENT_ID,
-        client_secret=DEFAULT_CLIENT_SECRET,
-        rate_limit=100_000,
-    )
-    nexset = NexsetFactory()
-    records.append(
-        nexset.pk, [{"name": f"Offer {i}", "listing": "l", "buyer": f"{i:012d}"} for i in range(48)]
-    )
-    dest = DestinationFactory(
-        nexset=nexset,
-        credential=credential,
-        config={"mode": "template", "template": "create_private_offer", "response_webhook": True},
-        status=Destination.Status.ACTIVE,
-    )
+    dest = creates_over_the_simulator(settings, clazar_sim, 48, response_webhook=True)
     peak = [0]
     done = threading.Event()
 
