@@ -565,7 +565,7 @@ def _filtered(node: nodes.Expr, name: str) -> nodes.Filter:
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "+"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
     # str methods that can allocate without bound; the |replace and |join filters are size-checked instead
     unsafe_str = frozenset(
         {"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"}
@@ -589,6 +589,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             _size(len(left) + len(right))
         elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
             _size(left.bit_length() * right * 50)  # at most 100,000 bits
+        elif operator == "%" and isinstance(left, str):  # '%0999999999d' % 1 would allocate a gigabyte
+            raise SecurityError("text formatting with % is not allowed; join text with ~")
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
