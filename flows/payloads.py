@@ -21,10 +21,11 @@ Decisions:
   ``preview`` reads at most ``limit`` x batch size records, so it costs the same for 1k or 1M records
   (a batch for a URL that recurs later may show fewer records than the full run would put in it).
 - Code templates run in Jinja's immutable sandbox with StrictUndefined, autoescape off and no Python
-  access. Each batch gets a work budget (loop items, calls, ``range`` items), values and output are capped
-  at ``MAX_OUTPUT`` characters, and padding/``format`` methods that could allocate without bound are
-  refused. ``{{ value }}`` prints None/True/False and lists/dicts as JSON; strings print as they are
-  (use ``|tojson`` to quote them). The output must be JSON; it is re-encoded compactly.
+  access, under the rules shared with mapping expressions (``clazar_dest.sandbox``: no text formatting
+  or padding, values capped at ``MAX_OUTPUT`` characters and numbers at ``MAX_BITS`` bits). Each
+  batch also gets a work budget (loop items, calls, ``range`` items) and its output is capped at
+  ``MAX_OUTPUT`` characters. ``{{ value }}`` prints None/True/False and lists/dicts as JSON; strings
+  print as they are (use ``|tojson`` to quote them). The output must be JSON; it is re-encoded compactly.
 - ``target_id`` (the ordering key): the ID value for templates; for Advanced PUT/PATCH/DELETE the URL
   path (hashed past 255 characters); "" for creates, which have no order to keep.
 """
@@ -47,11 +48,12 @@ from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes, pass_c
 from jinja2.exceptions import SecurityError
 from jinja2.filters import do_replace, sync_do_join
 from jinja2.runtime import Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+from jinja2.sandbox import safe_range
 from jinja2.visitor import NodeTransformer
 
 from clazar_dest.clazar.endpoints import BY_KEY
 from clazar_dest.clazar.spec import RecordError, RequestSpec
+from clazar_dest.sandbox import BoundedSandbox
 from flows.config import MACRO, MAX_URL, DestinationConfig, origin_of, parse_other_props, scan_headers
 
 MAX_OUTPUT = 5_000_000  # characters a code template may produce (or hold in one value) per batch
@@ -483,16 +485,6 @@ def _charge(n: int = 1) -> None:
             raise SecurityError(f"the template does more than {MAX_STEPS:,} steps of work; simplify it")
 
 
-def _size(n: int) -> None:
-    if n > MAX_OUTPUT:
-        raise SecurityError(f"a value would be longer than {MAX_OUTPUT:,} characters")
-
-
-def _replaced_len(text: str, old: str, new: str, count: int = -1) -> int:
-    hits = text.count(old) if old else len(text) + 1
-    return len(text) + (min(hits, count) if count >= 0 else hits) * (len(new) - len(old))
-
-
 @pass_context
 def _counted(_ctx: Any, iterable: Iterable[Any]) -> Iterator[Any]:
     """Wrapped around every ``{% for %}`` iterable: each item costs a step."""
@@ -501,25 +493,18 @@ def _counted(_ctx: Any, iterable: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
-@pass_context
-def _concat(_ctx: Any, items: list[Any]) -> str:
-    """Replaces ``a ~ b`` so repeated doubling can't build a string past the cap."""
-    parts = [str(x) for x in items]
-    _size(sum(map(len, parts)))
-    return "".join(parts)
-
-
 @pass_eval_context
 def _join(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: str | int | None = None) -> str:
     items = list(value)
     _charge(len(items))
-    _size(len(str(d)) * len(items) + sum(len(x) for x in items if isinstance(x, str)))
+    texts = sum(len(x) for x in items if isinstance(x, str))
+    eval_ctx.environment.check_size(len(str(d)) * len(items) + texts)
     return sync_do_join(eval_ctx, items, d, attribute)
 
 
 @pass_eval_context
 def _replace(eval_ctx: Any, s: str, old: str, new: str, count: int | None = None) -> str:
-    _size(_replaced_len(str(s), str(old), str(new), -1 if count is None else count))
+    eval_ctx.environment.check_replace(str(s), str(old), str(new), -1 if count is None else count)
     return do_replace(eval_ctx, s, old, new, count)
 
 
@@ -548,50 +533,18 @@ def _finalize(value: Any) -> Any:
 
 
 class _Guard(NodeTransformer):
-    """Rewrites a parsed template so loops and ``~`` pass through the budget and size checks."""
+    """Rewrites a parsed template so every loop item passes through the work budget."""
 
     def visit_For(self, node: nodes.For, *args: Any, **kwargs: Any) -> nodes.Node:
         node = self.generic_visit(node)  # type: ignore[assignment]
-        node.iter = _filtered(node.iter, "_steps")
+        node.iter = nodes.Filter(node.iter, "_steps", [], [], None, None, lineno=node.iter.lineno)
         return node
 
-    def visit_Concat(self, node: nodes.Concat, *args: Any, **kwargs: Any) -> nodes.Node:
-        node = self.generic_visit(node)  # type: ignore[assignment]
-        return _filtered(nodes.List(node.nodes, lineno=node.lineno), "_concat")
 
+class _Sandbox(BoundedSandbox):
+    """The shared rules plus a work budget per batch (``MAX_STEPS``) and a larger value cap."""
 
-def _filtered(node: nodes.Expr, name: str) -> nodes.Filter:
-    return nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "+", "%"})
-    # str methods that can allocate without bound; the |replace and |join filters are size-checked instead
-    unsafe_str = frozenset(
-        {"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"}
-    )
-
-    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, str) and attr in self.unsafe_str:
-            return False
-        return super().is_safe_attribute(obj, attr, value)
-
-    def wrap_str_format(self, value: Any) -> None:
-        return None  # str.format is refused by is_safe_attribute instead of wrapped
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        sized = (str, list, tuple)
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, sized) and isinstance(times, int):
-                    _size(len(seq) * times)
-        elif operator == "+" and isinstance(left, sized) and isinstance(right, sized):
-            _size(len(left) + len(right))
-        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
-            _size(left.bit_length() * right * 50)  # at most 100,000 bits
-        elif operator == "%" and isinstance(left, str):  # '%0999999999d' % 1 would allocate a gigabyte
-            raise SecurityError("text formatting with % is not allowed; join text with ~")
-        return super().call_binop(context, operator, left, right)
+    max_size = MAX_OUTPUT
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _charge()
@@ -604,11 +557,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
 
 _ENV = _Sandbox(undefined=StrictUndefined, autoescape=False, finalize=_finalize)
-_ENV.globals.pop("lipsum", None)
 _ENV.globals["range"] = _range
-for _name in ("center", "indent", "wordwrap", "format"):
-    _ENV.filters.pop(_name, None)
-_ENV.filters.update(tojson=_tojson, join=_join, replace=_replace, _steps=_counted, _concat=_concat)
+_ENV.filters.update(tojson=_tojson, join=_join, replace=_replace, _steps=_counted)
 
 
 @lru_cache(maxsize=64)

@@ -1,6 +1,10 @@
 """The sandboxed Jinja2 expressions a rule can use: parsing (with the "15 days" shorthand and the checks
 that refuse an expression), the field paths an expression reads, compiling once and evaluating against one
 record. Evaluation never raises anything but ``_Fail``.
+
+The sandbox rules shared with payload code templates (no text formatting or padding, size-checked
+operators, numbers at most ``MAX_BITS`` bits) are ``clazar_dest.sandbox``'s; here values are capped at
+``MAX_RESULT`` characters and a Salesforce parent record (``Account.Name``) shows its fields as attributes.
 """
 
 from __future__ import annotations
@@ -12,16 +16,16 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from jinja2 import nodes
+from jinja2 import nodes, pass_environment
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.filters import FILTERS
 from jinja2.parser import Parser
 from jinja2.runtime import ChainableUndefined, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from clazar_dest.salesforce.mapping.targets import _parse_date
 from clazar_dest.salesforce.mapping.values import _empty, _Fail, _get, _kind_of, _show
+from clazar_dest.sandbox import BoundedSandbox
 
 MAX_RESULT = 100_000  # characters any value inside an expression (or its result) may have
 MAX_DAYS = 100_000
@@ -51,28 +55,13 @@ class _Empty(ChainableUndefined):
         return f"{self._undefined_name} is empty or missing" if self._undefined_name else "a value is empty"
 
 
-def _size(n: int) -> None:
-    if n > MAX_RESULT:
-        raise SecurityError(f"a value would be longer than {MAX_RESULT:,} characters")
+class _Sandbox(BoundedSandbox):
+    """The shared rules plus Salesforce parent records read as attributes, never as dict methods."""
 
+    max_size = MAX_RESULT
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "+", "%"})
-    # str methods that can allocate without bound or format; the |replace filter is size-checked instead
-    unsafe_str = frozenset(
-        {"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"}
-    )
-
-    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, str) and attr in self.unsafe_str:
-            return False
-        return super().is_safe_attribute(obj, attr, value)
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
-        raise SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is not allowed")
-
-    def wrap_str_format(self, value: Any) -> None:
-        return None  # str.format is refused by is_safe_attribute instead of wrapped
+    def unsafe_message(self, obj: Any, attribute: str) -> str:
+        return f"access to {attribute!r} of a {type(obj).__name__} is not allowed"
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict):  # a Salesforce parent record: its fields, never dict methods
@@ -84,22 +73,6 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if isinstance(obj, dict) and isinstance(argument, str):
             return self.getattr(obj, argument)
         return super().getitem(obj, argument)
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        sized = (str, list, tuple)
-        if operator == "*":
-            if isinstance(left, int) and isinstance(right, int):
-                _size((left.bit_length() + right.bit_length()) // 8)
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, sized) and isinstance(times, int):
-                    _size(len(seq) * times)
-        elif operator == "+" and isinstance(left, sized) and isinstance(right, sized):
-            _size(len(left) + len(right))
-        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
-            _size(left.bit_length() * right // 8)
-        elif operator == "%" and isinstance(left, str):
-            raise SecurityError("text formatting with % is not allowed; join text with ~")
-        return super().call_binop(context, operator, left, right)
 
 
 def _days(n: Any) -> timedelta:
@@ -120,11 +93,11 @@ def _date(value: Any) -> date | Undefined:
     return found
 
 
-def _replace(value: Any, old: Any, new: Any, count: int | None = None) -> str:
+@pass_environment
+def _replace(env: BoundedSandbox, value: Any, old: Any, new: Any, count: int | None = None) -> str:
     text, old, new = ("" if isinstance(v, Undefined) else str(v) for v in (value, old, new))
     limit = -1 if count is None else int(count)
-    hits = text.count(old) if old else len(text) + 1
-    _size(len(text) + (min(hits, limit) if limit >= 0 else hits) * (len(new) - len(old)))
+    env.check_replace(text, old, new, limit)
     return text.replace(old, new, limit)
 
 
