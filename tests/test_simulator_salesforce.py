@@ -27,8 +27,9 @@ from clazar_dest.simulators.salesforce import (
     DEFAULT_CONSUMER_SECRET,
     SalesforceSimulator,
 )
-from clazar_dest.simulators.salesforce_data import SCHEMA
-from clazar_dest.simulators.salesforce_soql import SoqlError, execute
+from clazar_dest.simulators.salesforce_schema import SCHEMA
+from clazar_dest.simulators.salesforce_soql_eval import execute
+from clazar_dest.simulators.salesforce_soql_parser import SoqlError
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 5

@@ -25,7 +25,8 @@ Routes (the contract the app's client is written against):
   ``sobjects/<Name>/<Id>`` (GET, PATCH), ``query?q=<SOQL>`` and ``query/<locator>-<offset>`` (batches of
   2000, or ``Sforce-Query-Options: batchSize=N``, 200..2000). Errors are ``[{message, errorCode}]``;
   a bad, expired or revoked token answers 401 INVALID_SESSION_ID. The SOQL subset is described in
-  `clazar_dest.simulators.salesforce_soql`, the data in `clazar_dest.simulators.salesforce_data`.
+  `clazar_dest.simulators.salesforce_soql_parser` (grammar) and `salesforce_soql_eval` (semantics); the
+  objects in `salesforce_schema`, the records and the seed in `salesforce_store`.
 
 Faults (``add_fault``/``set_faults`` or ``POST /__sim/faults``), one JSON object each::
 

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from clazar_dest.simulators import salesforce_data as sfdata
+from clazar_dest.simulators import salesforce_schema as sfschema
 from clazar_dest.simulators.base import RequestLog, mask, mask_headers
-from clazar_dest.simulators.salesforce_data import SCHEMA, Store, ValueProblem, find_object, make_id
 from clazar_dest.simulators.salesforce_faults import OAUTH_ROUTES, ROUTE_KEYS, Fault, Faults, _fault_body
 from clazar_dest.simulators.salesforce_http import NOT_FOUND, Reply, Request, rest_error
 from clazar_dest.simulators.salesforce_oauth import DEFAULT_SCOPE, Grant, OAuth
-from clazar_dest.simulators.salesforce_soql import SoqlError, execute
+from clazar_dest.simulators.salesforce_schema import SCHEMA, find_object, make_id
+from clazar_dest.simulators.salesforce_soql_eval import execute
+from clazar_dest.simulators.salesforce_soql_parser import SoqlError
+from clazar_dest.simulators.salesforce_store import Store, ValueProblem, coerce
 
 __all__ = ["DEFAULT_SCOPE", "ROUTE_KEYS", "Api", "Reply", "Request"]  # what the server imports
 
@@ -71,7 +73,7 @@ CONFIG_CHECKS: dict[str, Callable[[Any], bool]] = {
 
 def permissions_from(value: dict[str, Any]) -> dict[str, dict[str, bool]]:
     """Object permissions: the given flags over the defaults (all on; Organization and User read only)."""
-    merged = sfdata.default_permissions()
+    merged = sfschema.default_permissions()
     for name, flags in value.items():
         if name not in SCHEMA:
             raise ValueError(f"permissions: unknown object {name!r}; use one of {', '.join(SCHEMA)}.")
@@ -127,7 +129,7 @@ class Api(RequestLog, OAuth):
             "username": "integration@acme.example",
             "display_name": "Integration User",
             "callback_urls": [],
-            "permissions": sfdata.default_permissions(),
+            "permissions": sfschema.default_permissions(),
             "access_token_ttl": 7200,
             "batch_size": 2000,
             "tamper_instance_url": None,
@@ -204,7 +206,7 @@ class Api(RequestLog, OAuth):
         with self.lock:
             return self.store.counts()
 
-    def _object(self, name: str) -> sfdata.SObject:
+    def _object(self, name: str) -> sfschema.SObject:
         obj = find_object(name) if isinstance(name, str) else None
         if obj is None:
             raise ValueError(f"Unknown object {name!r}; use one of {', '.join(SCHEMA)}.")
@@ -238,7 +240,7 @@ class Api(RequestLog, OAuth):
                 touched.append(record["Id"])
             return touched
 
-    def _touch_changes(self, obj: sfdata.SObject, record: dict, changes: dict[str, Any] | None) -> dict:
+    def _touch_changes(self, obj: sfschema.SObject, record: dict, changes: dict[str, Any] | None) -> dict:
         if changes is None:
             if obj.name != "Opportunity":
                 return {}
@@ -251,7 +253,7 @@ class Api(RequestLog, OAuth):
             f = obj.field(key)
             if f is None or f.name == "Id":
                 raise ValueError(f"{obj.name} has no field {key!r} that can be changed.")
-            out[f.name] = sfdata.coerce(f, value)
+            out[f.name] = coerce(f, value)
         return out
 
     def create(self, name: str, values: dict[str, Any]) -> str:
@@ -426,9 +428,9 @@ class Api(RequestLog, OAuth):
     def _describe_global(self, req: Request, version: str) -> Reply:
         with self.lock:
             permissions = copy.deepcopy(self.config["permissions"])
-        return Reply(200, sfdata.describe_global(permissions, version))
+        return Reply(200, sfschema.describe_global(permissions, version))
 
-    def _readable(self, name: str) -> tuple[sfdata.SObject | None, dict[str, bool]]:
+    def _readable(self, name: str) -> tuple[sfschema.SObject | None, dict[str, bool]]:
         obj = find_object(name)
         with self.lock:
             perms = dict(self.config["permissions"][obj.name]) if obj else {}
@@ -438,7 +440,7 @@ class Api(RequestLog, OAuth):
         obj, perms = self._readable(name)
         if obj is None:
             return Reply(404, copy.deepcopy(NOT_FOUND))
-        return Reply(200, sfdata.describe(obj, perms, version))
+        return Reply(200, sfschema.describe(obj, perms, version))
 
     def _record(self, req: Request, version: str, name: str, record_id: str) -> Reply:
         obj, perms = self._readable(name)
@@ -463,7 +465,7 @@ class Api(RequestLog, OAuth):
         attributes = {"type": obj.name, "url": f"/services/data/{version}/sobjects/{obj.name}/{record['Id']}"}
         return Reply(200, {"attributes": attributes, **out})
 
-    def _update(self, req: Request, obj: sfdata.SObject, perms: dict[str, bool], record_id: str) -> Reply:
+    def _update(self, req: Request, obj: sfschema.SObject, perms: dict[str, bool], record_id: str) -> Reply:
         if not (obj.writable and perms["edit"]):
             return rest_error(
                 403, "INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id", fields=[]
@@ -511,7 +513,7 @@ class Api(RequestLog, OAuth):
             records = result.records
             if len(records) <= batch:
                 return Reply(200, {"totalSize": result.total, "done": True, "records": records})
-            locator = sfdata.id18(
+            locator = sfschema.id18(
                 "01g"
                 + "".join(
                     secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789")
