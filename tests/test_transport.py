@@ -7,7 +7,9 @@ checked through flows.outcomes.classify, the way the engine will use it.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
+import re
 import socket
 import threading
 import time
@@ -16,7 +18,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
-import requests
 
 from clazar_dest.clazar import endpoints, transport
 from clazar_dest.clazar.spec import RequestSpec
@@ -280,11 +281,10 @@ def test_a_refused_connection_is_a_connect_error_and_any_method_retries(token):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     spec = spec_for(f"http://127.0.0.1:{port}", "create_listing", LISTING)
-    for session in (transport.new_session(), requests.Session()):
-        result = send(spec, token, session=session)
-        assert result.error_kind == "connect"
-        assert "connection refused" in result.error and "Nothing was sent" in result.error
-        assert outcome_of(result, spec).action == "retry"
+    result = send(spec, token)
+    assert result.error_kind == "connect"
+    assert "connection refused" in result.error and "Nothing was sent" in result.error
+    assert outcome_of(result, spec).action == "retry"
 
 
 def test_a_failed_tls_handshake_means_nothing_was_sent(tiny, token):
@@ -489,3 +489,46 @@ def test_a_kept_alive_connection_is_reused(sim, token):
         assert send(spec, token, session=session).status == 201
     pools = session.get_adapter(sim.url).poolmanager.pools
     assert [pools[key].num_connections for key in pools.keys()] == [1]  # noqa: SIM118 (not iterable)
+
+
+def test_the_request_line_and_headers_are_what_clazar_receives_and_a_gzip_answer_is_read(tiny, token):
+    """The transport builds the request itself (no requests.Request): a stray space or non-ASCII character
+    in a configured URL is percent-encoded, the body's length is declared, and a compressed answer is
+    decoded before it is parsed."""
+    received: list[bytes] = []
+    body = gzip.compress(b'{"id": "po-1"}')
+
+    def answer(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        received.append(head + b"\r\n\r\n" + rest)
+        conn.sendall(
+            b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+
+    server = tiny(answer)
+    spec = RequestSpec(method="POST", url=f"{server.url}/private offers/é?x=a b", body=b'{"a":1}', seqs=(1,))
+    result = send(spec, token)
+    assert (result.status, result.json, result.error_kind) == (201, {"id": "po-1"}, None)
+    head, _, sent_body = received[0].partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "POST /private%20offers/%C3%A9?x=a%20b HTTP/1.1"
+    sent = dict(line.split(": ", 1) for line in lines[1:])
+    assert sent["Authorization"] == f"Bearer {token}" and sent["Content-Length"] == "7"
+    assert sent["Content-Type"] == sent["Accept"] == "application/json"
+    assert sent_body == b'{"a":1}'
+    assert result.request_headers["Authorization"] == "Bearer ****"
+
+
+def test_a_post_without_a_body_declares_an_empty_one(sim, token):
+    offer = seed_offer(sim)
+    spec = spec_for(sim.url, "publish_private_offer", None, offer["id"])
+    result = send(spec, token)
+    assert result.request_headers["Content-Length"] == "0"
+    assert result.status is not None and result.error_kind != "invalid"

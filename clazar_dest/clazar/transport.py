@@ -46,6 +46,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, requote_uri
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -128,8 +129,7 @@ class AttemptResult:
 class _Probe:
     """Per-call state shared with the connection classes (same thread) and the watchdog (another one)."""
 
-    def __init__(self, exact: bool) -> None:
-        self.exact = exact  # False: the session's connections can't report writes; guess from exceptions
+    def __init__(self) -> None:
         self.sent = False
         self.expired = False
         self.conn: HTTPConnection | None = None
@@ -372,9 +372,14 @@ def _headers(spec: RequestSpec, idempotency_key: str | None) -> tuple[dict[str, 
         if name.strip().lower() not in PROTECTED:
             out[name.strip()] = value
     out["Accept"] = "application/json"
+    if not any(name.lower() == "accept-encoding" for name in out):
+        out["Accept-Encoding"] = "gzip, deflate"
     out["User-Agent"] = USER_AGENT
     if spec.body is not None:
         out["Content-Type"] = "application/json"
+        out["Content-Length"] = str(len(spec.body))
+    elif spec.method.upper() not in ("GET", "HEAD"):
+        out["Content-Length"] = "0"
     if idempotency_key:
         if _BAD_HEADER.search(idempotency_key):
             return {}, "the idempotency key has a line break."
@@ -406,23 +411,19 @@ def _failure(
 ) -> tuple[str, str]:
     """(error_kind, message) for an exception raised while sending or reading."""
     connect_timeout, read_timeout, deadline = timeouts
-    sent = probe.sent
-    if not probe.exact:  # only failures inside the connect step are known not to have sent anything
-        sent = not _in_chain(
-            exc, urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError
-        )
-    if not sent:
+    if not probe.sent:
         if probe.expired or _in_chain(exc, _Deadline):
             return "connect", f"Gave up after {deadline:g} s (the total time limit) before anything was sent."
-        if isinstance(exc, requests.exceptions.ConnectTimeout):
-            reason = f"timed out connecting after {connect_timeout:g} s"
-        elif _in_chain(exc, urllib3.exceptions.NameResolutionError, socket.gaierror):
+        # urllib3's NewConnectionError is a ConnectTimeoutError too: the specific causes come first.
+        if _in_chain(exc, urllib3.exceptions.NameResolutionError, socket.gaierror):
             reason = "the host name could not be resolved"
         elif _in_chain(exc, urllib3.exceptions.SSLError, ssl.SSLError):
             reason = "the TLS handshake failed"
         elif _in_chain(exc, ConnectionRefusedError):
             reason = "connection refused"
-        elif _in_chain(exc, TimeoutError, urllib3.exceptions.TimeoutError, requests.exceptions.Timeout):
+        elif _in_chain(exc, TimeoutError):  # the socket's own timeout, under ConnectTimeoutError
+            reason = f"timed out connecting after {connect_timeout:g} s"
+        elif _in_chain(exc, urllib3.exceptions.TimeoutError):
             reason = "timed out while connecting"
         else:
             reason = f"no connection could be made ({type(exc).__name__})"
@@ -433,7 +434,7 @@ def _failure(
             f"{host} took longer than the total time limit of {deadline:g} s; the request was sent, so "
             "Clazar may have received it.",
         )
-    if _in_chain(exc, requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+    if _in_chain(exc, urllib3.exceptions.ReadTimeoutError, TimeoutError):
         return (
             "read_timeout",
             f"{host} received the request but sent nothing for {read_timeout:g} s; Clazar may have "
@@ -477,63 +478,78 @@ def send(
 ) -> AttemptResult:
     """Send ``spec`` with the bearer ``token``; never follow a redirect; never raise for what the network
     or Clazar does. ``deadline`` is the total number of seconds for the whole exchange (connect, send,
-    wait, read). ``session`` should come from ``session_for`` or ``new_session``: only their connections
-    can tell "nothing was sent" apart from "sent" exactly (with another Session every failure after the
-    connect phase counts as possibly sent)."""
+    wait, read). ``session`` comes from ``session_for`` or ``new_session``: the request goes straight to
+    its urllib3 pool, whose connections tell "nothing was sent" apart from "sent" exactly (requests'
+    own request preparation and Response cost more CPU than the rest of a send; see bench/deliver.py)."""
     method = spec.method.upper()
     call = _Call(method, sanitize_url(spec.url), _host(spec.url))
     headers, problem = _headers(spec, idempotency_key)
-    call.request_headers = redact_headers({**headers, "Authorization": "Bearer -"})
     problem = problem or _url_problem(spec.url, call.url)
     if not token or _BAD_HEADER.search(token):
         problem = problem or "The access token is empty or has a line break."
-    prepared = None
+    headers["Authorization"] = f"Bearer {token}"
+    call.request_headers = redact_headers(headers)
+    target = None
     if not problem:
         try:
-            prepared = session.prepare_request(
-                requests.Request(method, spec.url, headers=headers, data=spec.body, auth=_Bearer(token))
-            )
-        except (requests.RequestException, ValueError) as exc:
-            problem = f"requests refused it ({type(exc).__name__})."
-    if prepared is None:
+            target = _pool(session, spec.url)
+        except (urllib3.exceptions.HTTPError, ValueError, UnicodeError) as exc:
+            problem = f"the URL can't be used ({type(exc).__name__})."
+    if target is None:
         return call.done(error_kind="invalid", error=f"Not sent: {problem}")
-    call.request_headers = redact_headers(prepared.headers)
-    env = session.merge_environment_settings(prepared.url, {}, False, None, None)
+    pool, path = target
     timeouts = (connect_timeout, read_timeout, deadline)
-    probe = _Probe(exact=isinstance(session.get_adapter(prepared.url or spec.url), _Adapter))
+    probe = _Probe()
     _local.probe = probe
     _watchdog.arm(probe, max(deadline, 0.001))
-    response: requests.Response | None = None
+    response: urllib3.BaseHTTPResponse | None = None
     try:
-        # The adapter, not session.send(): even with allow_redirects=False, Session.send() reads a 3xx
-        # body in full (uncapped) to prepare the next hop.
-        response = session.get_adapter(prepared.url or spec.url).send(
-            prepared,
-            stream=True,
-            timeout=(min(connect_timeout, deadline), min(read_timeout, deadline)),
-            verify=env.get("verify", True),
-            cert=env.get("cert"),
-            proxies=env.get("proxies") or {},
+        response = pool.urlopen(
+            method,
+            path,
+            body=spec.body,
+            headers=headers,
+            retries=False,  # the engine decides retries
+            redirect=False,  # a 3xx is reported, never followed (the token would go along)
+            assert_same_host=False,
+            preload_content=False,  # the body is read up to max_body only
+            release_conn=False,
+            timeout=urllib3.Timeout(connect=min(connect_timeout, deadline), read=min(read_timeout, deadline)),
         )
-        status, answer_headers = response.status_code, dict(response.headers)
-        raw, truncated = _read_body(response.raw, max_body)
+        status, answer_headers = response.status, dict(response.headers)
+        raw, truncated = _read_body(response, max_body)
         probe.finish()
         if probe.expired and not truncated:  # an EOF forced by the watchdog is not the end of the body
             raise _Deadline("The deadline passed while reading the answer.")
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
         kind, message = _failure(exc, probe, call.host, timeouts)
         if response is None:
             return call.done(error_kind=kind, error=message)
-        message = f"Clazar answered HTTP {response.status_code}, but reading the answer failed: {message}"
+        message = f"Clazar answered HTTP {response.status}, but reading the answer failed: {message}"
         return call.done(
-            status=response.status_code, headers=dict(response.headers), error_kind=kind, error=message
+            status=response.status, headers=dict(response.headers), error_kind=kind, error=message
         )
     finally:
         probe.finish()  # the watchdog drops a finished probe
         _local.probe = None
         if response is not None:
             response.close()  # after a truncated read this drops the connection instead of draining it
+            response.release_conn()
     return call.done(**_answer(status, answer_headers, raw, truncated, max_body))
+
+
+def _pool(session: requests.Session, url: str) -> tuple[HTTPConnectionPool, str]:
+    """The session's urllib3 pool for ``url`` and the request target (path and query). The URL is
+    re-quoted as requests would (a stray space or non-ASCII character is percent-encoded); certificates
+    are checked against requests' CA bundle, as for the token call."""
+    adapter = session.get_adapter(url)
+    if not isinstance(adapter, _Adapter):
+        raise TypeError("send() needs a session from transport.new_session() or session_for()")
+    parts = urllib3.util.parse_url(requote_uri(url))
+    scheme = (parts.scheme or "").lower()
+    tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH} if scheme == "https" else {}
+    pool = adapter.poolmanager.connection_from_host(parts.host, parts.port, scheme, pool_kwargs=tls)
+    return pool, parts.request_uri
 
 
 def _answer(status: int, headers: dict[str, str], raw: bytes, truncated: bool, max_body: int) -> dict:
