@@ -152,6 +152,24 @@ def test_a_claim_takes_due_deliveries_once_and_a_second_claim_finds_nothing(make
     assert claims.claim(dest.pk, 10, 30) == []
 
 
+def test_a_claimed_delivery_carries_every_field_a_sender_needs_as_stored(make):
+    """The claim builds its rows from one UPDATE ... RETURNING on PostgreSQL: each field lands where it
+    belongs, the attempt is counted and the rows come oldest first, as on SQLite."""
+    dest = make(UPDATE, [{"id": "po-7", "v": 1}, {"id": "po-8", "v": 2}])
+    planner.plan(dest.pk)
+    Delivery.objects.filter(destination=dest, target_id="po-8").update(state=S.RETRY_SCHEDULED, attempts=2)
+    claimed = claims.claim(dest.pk, 10, 30)
+    assert [d.target_id for d in claimed] == ["po-7", "po-8"]
+    for row in claimed:
+        stored = Delivery.objects.get(pk=row.pk)
+        for name in claims.FIELDS:
+            assert getattr(row, name) == getattr(stored, name), name
+        assert json.loads(bytes(row.body))["id"] == row.target_id
+        assert row.url.endswith(f"/private_offers/{row.target_id}/") and row.method == "PUT"
+    assert [d.attempts for d in claimed] == [1, 3]
+    assert {d.state for d in claimed} == {S.SENDING}
+
+
 def test_a_retry_is_claimable_only_when_due(make):
     dest = make(CREATE, offers(1))
     planner.plan(dest.pk)

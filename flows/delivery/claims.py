@@ -14,7 +14,8 @@ A second claim (a duplicate wake-up) finds nothing.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import functools
+from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
@@ -85,6 +86,8 @@ def claim(destination_id: int, limit: int, lease_seconds: float, *, any_time: bo
         "attempts": F("attempts") + 1,
         "updated_at": now,
     }
+    if connection.vendor == "postgresql":
+        return _claim_postgresql(destination_id, limit, now, changes["lease_until"], any_time)
     candidates = sendable(destination_id, now=now, any_time=any_time).only(*FIELDS)
     return _take(candidates, limit, Q(state__in=SENDABLE), changes, bump=True)
 
@@ -120,22 +123,69 @@ def _take_postgresql(candidates: QuerySet[Delivery], limit: int, changes: dict, 
     """One statement: ``UPDATE ... WHERE id IN (<candidates> FOR UPDATE SKIP LOCKED LIMIT n) RETURNING``
     the fields a sender needs, as they are after the claim."""
     pick, params = candidates.values("id")[:limit].query.sql_with_params()
+    sql = _update_sql(pick, bump)
+    values = [changes["lease_until"], changes["updated_at"]] + ([changes["state"]] if bump else [])
+    return _returned(sql, [*values, *params], changes["lease_until"])
+
+
+# The claim's statement on PostgreSQL, compiled once per process: Django builds ``sendable`` from
+# placeholder values (the claim runs every few milliseconds, and compiling the query cost more CPU than
+# running it), then each call puts its own values where the placeholders were.
+_PLACEHOLDER_ID = -7_315_021_993
+_PLACEHOLDER_NOW = datetime(1901, 2, 3, 4, 5, 6, 789_012, tzinfo=UTC)
+_ID, _NOW, _LIMIT = object(), object(), object()
+
+
+@functools.cache
+def _claim_statement(any_time: bool) -> tuple[str, tuple[object, ...]]:
+    """The UPDATE, and its parameters after the SET's: constants, or _ID, _NOW and _LIMIT to fill in."""
+    query = sendable(_PLACEHOLDER_ID, now=_PLACEHOLDER_NOW, any_time=any_time).values("id").query
+    pick, params = query.sql_with_params()
+    marks = {_PLACEHOLDER_ID: _ID, _PLACEHOLDER_NOW: _NOW}
+    template = (*(marks.get(p, p) for p in params), _LIMIT)
+    if _ID not in template or template.count(_NOW) != (0 if any_time else 1):
+        raise RuntimeError("the claim query's parameters are not where they were expected")
+    return _update_sql(pick + " LIMIT %s", bump=True), template
+
+
+def _claim_postgresql(
+    destination_id: int, limit: int, now: datetime, lease_until: datetime, any_time: bool
+) -> list[Delivery]:
+    sql, template = _claim_statement(any_time)
+    fill = {_ID: destination_id, _NOW: now, _LIMIT: limit}
+    params = [fill.get(p, p) for p in template]
+    return _returned(sql, [lease_until, now, Delivery.State.SENDING, *params], lease_until)
+
+
+def _update_sql(pick: str, bump: bool) -> str:
     pick += " FOR UPDATE SKIP LOCKED"  # (Django compiles select_for_update only inside a transaction)
     quote = connection.ops.quote_name
-    fields = [Delivery._meta.get_field(name) for name in FIELDS]
     sets = [f"{quote('lease_until')} = %s", f"{quote('updated_at')} = %s"]
-    values = [changes["lease_until"], changes["updated_at"]]
     if bump:
         sets += [f"{quote('state')} = %s", f"{quote('attempts')} = {quote('attempts')} + 1"]
-        values.append(changes["state"])
     table, key = quote(Delivery._meta.db_table), quote(Delivery._meta.pk.column)
-    returning = ", ".join(quote(f.column) for f in fields)
-    # The candidates' SQL is Django's own; every value is a parameter. ``raw`` turns the rows into
-    # Delivery objects with the ORM's own conversions.
-    sql = f"UPDATE {table} SET {', '.join(sets)} WHERE {key} IN ({pick}) RETURNING {returning}"  # noqa: S608
-    rows = sorted(Delivery.objects.raw(sql, [*values, *params]), key=lambda row: row.pk)
+    returning = ", ".join(quote(Delivery._meta.get_field(name).column) for name in _in_model_order())
+    # The candidates' SQL is Django's own; every value is a parameter.
+    return f"UPDATE {table} SET {', '.join(sets)} WHERE {key} IN ({pick}) RETURNING {returning}"  # noqa: S608
+
+
+@functools.cache
+def _in_model_order() -> tuple[str, ...]:
+    """FIELDS in the model's order: the order ``Model.from_db`` takes values in."""
+    return tuple(f.attname for f in Delivery._meta.concrete_fields if f.attname in FIELDS)
+
+
+def _returned(sql: str, params: list, lease_until: datetime) -> list[Delivery]:
+    """Run the claim; the rows it returns become Delivery objects (only FIELDS loaded), oldest first."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
+    rows = sorted(
+        (Delivery.from_db(connection.alias, _in_model_order(), values) for values in found),
+        key=lambda r: r.pk,
+    )
     for row in rows:
-        row.lease_until = changes["lease_until"]
+        row.lease_until = lease_until
     return rows
 
 
