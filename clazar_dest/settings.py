@@ -174,7 +174,8 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # The delivery engine (flows/delivery.py, DESIGN.md section 6).
-# Requests in flight at once per deliver task (threads; each holds one database connection while it runs).
+# Requests in flight at once per deliver task (threads; the task writes through three writer threads, so it
+# holds about four database connections, and keeps one Clazar connection alive per thread).
 DELIVERY_THREADS = ep.parse_int(ENV, "DELIVERY_THREADS", 8, minimum=1, maximum=64)
 # How long a claimed delivery is held before the sweeper resolves it; longer than one whole call.
 DELIVERY_LEASE_SECONDS = ep.parse_int(

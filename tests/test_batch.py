@@ -255,6 +255,8 @@ def test_a_pool_of_threads_writes_every_response_once_through_few_database_conne
     assert sorted(refs) == sorted(f"delivery:{pk}" for pk in ids)  # each final response once
     created = {o["id"] for o in clazar_sim.objects("private_offers")}
     assert {r.data["id"] for r in Record.objects.filter(nexset=responses_nexset)} == created
+    # Each sending thread kept its connection to Clazar alive: not a new connection per request.
+    assert clazar_sim.connections_accepted <= 16 + 1, clazar_sim.connections_accepted  # (+ the token call)
     if connections["default"].vendor == "postgresql":
         # The test's own, the watcher's, the run's loop and writers: not one per sending thread.
         assert 0 < peak[0] <= 8, peak[0]

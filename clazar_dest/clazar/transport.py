@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 8192
 MAX_SESSIONS = 32
+# Connections kept alive per session: DELIVERY_THREADS' maximum, so each sending thread of a worker
+# keeps its own. A smaller pool closes a connection after each send beyond its size (and urllib3 logs a
+# warning each time): a new TCP connection, and a new thread in a threaded server, per request.
+POOL_SIZE = 64
 REDACTED = "****"
 
 try:
@@ -282,7 +286,7 @@ class _Bearer(requests.auth.AuthBase):
 # -- sessions -----------------------------------------------------------------------------------------
 
 
-def new_session(pool_size: int = 8) -> requests.Session:
+def new_session(pool_size: int = POOL_SIZE) -> requests.Session:
     """A keep-alive session with the watched adapter and no cookies (it is shared by threads, so no
     shared cookie state)."""
     session = requests.Session()

@@ -44,6 +44,7 @@ class ThreadedServer(ThreadingHTTPServer):
         self.sim = sim
         self.open_sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
+        self.accepted = 0  # connections accepted since the start
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
@@ -56,6 +57,7 @@ class ThreadedServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.sockets_lock:
             self.open_sockets.add(request)
+            self.accepted += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -233,6 +235,11 @@ class ServedSimulator:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since the start (keep-alive reuse shows as fewer than requests)."""
+        return self._server.accepted if self._server is not None else 0
 
     def __enter__(self) -> Self:
         return self if self.running else self.start()
