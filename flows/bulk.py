@@ -17,9 +17,11 @@ from the models' own meta, quoted; every value is in the parameter.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
@@ -41,7 +43,8 @@ def insert_many(model: type[Model], objs: Sequence[Model]) -> Sequence[Model]:
         return objs
     meta, quote = model._meta, connection.ops.quote_name
     fields = [f for f in meta.concrete_fields if not f.primary_key]
-    document = [{f.column: _json(f, f.pre_save(obj, True)) for f in fields} for obj in objs]
+    plan = _insert_plan(model)
+    document = [{column: convert(read(obj)) for column, read, convert in plan} for obj in objs]
     table, names = quote(meta.db_table), ", ".join(quote(f.column) for f in fields)
     sql = (
         f"INSERT INTO {table} ({names}) SELECT {names} "  # noqa: S608
@@ -73,8 +76,12 @@ def set_many(model: type[Model], rows: Iterable[tuple[Any, dict[str, Any]]]) -> 
                     f"UPDATE {table} SET {assignments} "  # noqa: S608
                     f"FROM json_populate_recordset(NULL::{table}, %s::json) AS v WHERE {table}.{key} = v.{key}"
                 )
+                converters = [(f.column, f.name, _converter(f)) for f in fields]
                 document = [
-                    {meta.pk.column: pk, **{f.column: _json(f, values[f.name]) for f in fields}}
+                    {
+                        meta.pk.column: pk,
+                        **{column: convert(values[name]) for column, name, convert in converters},
+                    }
                     for pk, values in members
                 ]
                 cursor.execute(sql, [_dumps(document, fields)])
@@ -90,18 +97,55 @@ def set_many(model: type[Model], rows: Iterable[tuple[Any, dict[str, Any]]]) -> 
                 )
 
 
-def _json(field: Field, value: Any) -> Any:
-    """A value as ``json_populate_recordset`` reads it into the field's column."""
-    if value is None or isinstance(field, JSONField):
-        return value  # a JSON column takes the value as JSON
+@functools.cache
+def _insert_plan(model: type[Model]) -> list[tuple[str, Callable[[Model], Any], Callable[[Any], Any]]]:
+    """Per column of ``model`` (no primary key): its name, how to read an object's value as ``save``
+    would (``pre_save``, which fills ``auto_now`` fields, only where a field overrides it) and how to
+    put the value in the JSON document."""
+    plan = []
+    for field in model._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        if type(field).pre_save is Field.pre_save:
+            read = operator.attrgetter(field.attname)
+        else:
+            read = functools.partial(_pre_save, field)
+        plan.append((field.column, read, _converter(field)))
+    return plan
+
+
+def _pre_save(field: Field, obj: Model) -> Any:
+    return field.pre_save(obj, True)
+
+
+def _converter(field: Field) -> Callable[[Any], Any]:
+    """How a value of ``field`` goes into the JSON document ``json_populate_recordset`` reads into
+    the field's column (None stays null)."""
+    if isinstance(field, JSONField):
+        return _same  # a JSON column takes the value as JSON
     if isinstance(field, BinaryField):
-        return "\\x" + bytes(value).hex()
-    value = field.get_prep_value(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
+        return _hex
+    prep = field.get_prep_value
+
+    def convert(value: Any) -> Any:
+        if value is None:
+            return None
+        value = prep(value)
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        if isinstance(value, UUID):
+            return str(value)
+        return value
+
+    return convert
+
+
+def _same(value: Any) -> Any:
     return value
+
+
+def _hex(value: Any) -> str | None:
+    return None if value is None else "\\x" + bytes(value).hex()
 
 
 def _dumps(document: list[dict[str, Any]], fields: list[Field]) -> str:
