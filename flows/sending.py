@@ -7,6 +7,7 @@ anything. Everything else (what the answer means, whether to retry) is ``flows.o
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -81,18 +82,23 @@ def pinned(url: str, api_base: str) -> str | None:
             f"the credential's API base {api_base} is no longer in CLAZAR_API_BASES; "
             "edit the credential or the setting."
         )
-    try:
-        target, base = urlsplit(url), urlsplit(api_base)
-        same = (target.scheme, target.hostname, _port(target.scheme, target.port)) == (
-            base.scheme,
-            base.hostname,
-            _port(base.scheme, base.port),
-        )
-    except ValueError:
-        same = False
-    if not same or target.username or target.password:
+    target = _origin(url)
+    if target is None or target != _origin(api_base):
         return f"{transport.sanitize_url(url)} is not on the credential's API base {api_base}."
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _origin(url: str) -> tuple[str, str | None, int | None] | None:
+    """(scheme, host, port) of a URL without userinfo; None for one with userinfo or unreadable (worked
+    out once per URL: every send checks its URL)."""
+    try:
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            return None
+        return (parts.scheme, parts.hostname, _port(parts.scheme, parts.port))
+    except ValueError:
+        return None
 
 
 def _port(scheme: str, port: int | None) -> int | None:

@@ -310,3 +310,21 @@ def test_the_token_never_appears_in_logs_or_results(sim, credential, caplog):
     assert secret_token not in caplog.text
     assert secret_token not in repr(result)
     assert result.request_headers["Authorization"] == "Bearer ****"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.clazar.io/listings/", True),
+        ("https://api.clazar.io:443/listings/", True),  # the default port is the same origin
+        ("https://user:pw@api.clazar.io/listings/", False),  # userinfo never rides along
+        ("http://api.clazar.io/listings/", False),
+        ("https://api.clazar.io:8443/listings/", False),
+        ("https://api.clazar.io.evil.example/listings/", False),
+        ("https://[::1/listings/", False),  # unreadable
+    ],
+)
+def test_only_urls_on_the_credentials_own_origin_may_carry_its_token(settings, url, allowed):
+    settings.CLAZAR_API_BASES = ["https://api.clazar.io"]
+    for _ in range(2):  # the second time from the per-URL cache: the same answer
+        assert (sending.pinned(url, "https://api.clazar.io") is None) is allowed

@@ -25,6 +25,7 @@ came while reading the body: Clazar answered, only the body is incomplete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import http.client
 import json
@@ -360,11 +361,39 @@ def redact_headers(headers: Any) -> dict[str, str]:
     return out
 
 
-def _host(url: str) -> str:
+@dataclass(frozen=True)
+class _Target:
+    """What a URL means to a send, worked out once per URL (a deliver run sends to few distinct ones)."""
+
+    shown: str  # sanitized, for people
+    host: str  # host[:port], for messages
+    problem: str | None  # why it can't be sent, or None
+    scheme: str = ""
+    hostname: str = ""
+    port: int | None = None
+    request_uri: str = ""  # path and query, re-quoted as requests would
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(url: str) -> _Target:
+    shown = sanitize_url(url)
     try:
-        return urlsplit(url).netloc.rpartition("@")[2] or url
+        host = urlsplit(url).netloc.rpartition("@")[2] or url
     except ValueError:
-        return url
+        host = url
+    problem = f"{shown} is not an http(s) URL."
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return _Target(shown, host, problem)
+        # A stray space or non-ASCII character is percent-encoded, as requests would.
+        parsed = urllib3.util.parse_url(requote_uri(url))
+    except ValueError:
+        return _Target(shown, host, problem)
+    except (urllib3.exceptions.HTTPError, UnicodeError) as exc:
+        return _Target(shown, host, f"the URL can't be used ({type(exc).__name__}).")
+    scheme = (parsed.scheme or "").lower()
+    return _Target(shown, host, None, scheme, parsed.host or "", parsed.port, parsed.request_uri)
 
 
 def _headers(spec: RequestSpec, idempotency_key: str | None) -> tuple[dict[str, str], str | None]:
@@ -486,22 +515,17 @@ def send(
     its urllib3 pool, whose connections tell "nothing was sent" apart from "sent" exactly (requests'
     own request preparation and Response cost more CPU than the rest of a send; see bench/deliver.py)."""
     method = spec.method.upper()
-    call = _Call(method, sanitize_url(spec.url), _host(spec.url))
+    target = _target(spec.url)
+    call = _Call(method, target.shown, target.host)
     headers, problem = _headers(spec, idempotency_key)
-    problem = problem or _url_problem(spec.url, call.url)
+    problem = problem or target.problem
     if not token or _BAD_HEADER.search(token):
         problem = problem or "The access token is empty or has a line break."
     headers["Authorization"] = f"Bearer {token}"
     call.request_headers = redact_headers(headers)
-    target = None
-    if not problem:
-        try:
-            target = _pool(session, spec.url)
-        except (urllib3.exceptions.HTTPError, ValueError, UnicodeError) as exc:
-            problem = f"the URL can't be used ({type(exc).__name__})."
-    if target is None:
+    if problem:
         return call.done(error_kind="invalid", error=f"Not sent: {problem}")
-    pool, path = target
+    pool = _pool(session, spec.url, target)
     timeouts = (connect_timeout, read_timeout, deadline)
     probe = _Probe()
     _local.probe = probe
@@ -510,7 +534,7 @@ def send(
     try:
         response = pool.urlopen(
             method,
-            path,
+            target.request_uri,
             body=spec.body,
             headers=headers,
             retries=False,  # the engine decides retries
@@ -542,18 +566,18 @@ def send(
     return call.done(**_answer(status, answer_headers, raw, truncated, max_body))
 
 
-def _pool(session: requests.Session, url: str) -> tuple[HTTPConnectionPool, str]:
-    """The session's urllib3 pool for ``url`` and the request target (path and query). The URL is
-    re-quoted as requests would (a stray space or non-ASCII character is percent-encoded); certificates
-    are checked against requests' CA bundle, as for the token call."""
+def _pool(session: requests.Session, url: str, target: _Target) -> HTTPConnectionPool:
+    """The session's urllib3 pool for the URL's origin. Certificates are checked against requests' CA
+    bundle, as for the token call."""
     adapter = session.get_adapter(url)
     if not isinstance(adapter, _Adapter):
         raise TypeError("send() needs a session from transport.new_session() or session_for()")
-    parts = urllib3.util.parse_url(requote_uri(url))
-    scheme = (parts.scheme or "").lower()
-    tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH} if scheme == "https" else {}
-    pool = adapter.poolmanager.connection_from_host(parts.host, parts.port, scheme, pool_kwargs=tls)
-    return pool, parts.request_uri
+    tls = (
+        {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH} if target.scheme == "https" else {}
+    )
+    return adapter.poolmanager.connection_from_host(
+        target.hostname, target.port, target.scheme, pool_kwargs=tls
+    )
 
 
 def _answer(status: int, headers: dict[str, str], raw: bytes, truncated: bool, max_body: int) -> dict:
@@ -592,16 +616,6 @@ def _decode(raw: bytes, headers: dict[str, str]) -> str:
         return raw.decode(charset, "replace")
     except LookupError:
         return raw.decode("utf-8", "replace")
-
-
-def _url_problem(url: str, shown: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return None
-    except ValueError:
-        pass
-    return f"{shown} is not an http(s) URL."
 
 
 class _Call:
