@@ -1,7 +1,7 @@
 """Delivery throughput and latency with real workers, beside a naive loop and the simulator's own capacity.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/13 \
-        .venv/bin/python bench/deliver.py [--records 10000] [--workers 2] [--threads 32] [--latency 0.05]
+        .venv/bin/python bench/deliver.py [--records 10000] [--workers 2] [--threads 64] [--latency 0.05]
 
 Works in its own database (``clazar_bench_deliver``, created and migrated on first use, flushed each run)
 and the Redis database given (flushed). The Clazar simulator runs as its own process (with TCP_NODELAY,
@@ -10,8 +10,10 @@ see NODELAY), with ``--latency`` on every call and no rate limit. Five figures:
 1. **naive**: a plain sequential ``requests`` loop POSTing the same records (a sample of ``--naive``
    records; its rate does not depend on the count).
 2. **simulator capacity**: a load generator with no app: ``workers x threads`` client threads (and 4x as
-   many) in one process, and ``workers x threads`` spread over ``workers`` processes as the engine is,
-   POSTing as fast as the simulator answers; the best of the three is the capacity.
+   many) in one process, and both again spread over ``workers`` processes, POSTing as fast as the
+   simulator answers; the best of the four is the capacity. (A load generator with N clients can't pass
+   N / latency per second, nor a single Python process about 1,000 requests/s here: the capacity is
+   what the simulator answers when neither limits it.)
 3. **engine**: a backlog of ``--records`` records, ``--workers`` Celery worker processes (solo pool,
    ``--threads`` each) plus beat, from activation to the last delivery: records/s, and record-to-delivered
    latency (from the later of the record's arrival and the activation) p50/p95, which for a backlog is
@@ -375,8 +377,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
-    # Each thread holds a database connection: 2 x 32 stays below PostgreSQL's default of 100.
-    parser.add_argument("--threads", type=int, default=32, help="DELIVERY_THREADS per worker")
+    # The most DELIVERY_THREADS allows, the engine's best here; a deliver task holds about four database
+    # connections whatever the threads (they write through writer threads).
+    parser.add_argument("--threads", type=int, default=64, help="DELIVERY_THREADS per worker")
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--naive", type=int, default=500, help="records for the naive loop")
     parser.add_argument("--trickle", type=int, default=50, help="records/s arriving for the latency figure")
@@ -418,6 +421,12 @@ def main() -> None:
         sim.reset(args.latency, rate_limit=0)
         results[f"sim_capacity_{clients}_clients_{args.workers}_processes"] = round(
             capacity(sim, clients, 10, processes=args.workers), 1
+        )
+        # With ``clients`` in flight and ``latency`` per call, at most clients / latency per second: more
+        # clients over as many processes find what the simulator itself can answer.
+        sim.reset(args.latency, rate_limit=0)
+        results[f"sim_capacity_{clients * 4}_clients_{args.workers}_processes"] = round(
+            capacity(sim, clients * 4, 10, processes=args.workers), 1
         )
         sim.reset(args.latency, rate_limit=0)
         engine = Engine(env, args.workers, folder)
