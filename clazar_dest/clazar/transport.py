@@ -256,7 +256,8 @@ _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class _Adapter(HTTPAdapter):
-    """requests' adapter with the watched connections; no retries (the engine decides those)."""
+    """requests' adapter with the watched connections; no retries (the engine decides those). The token
+    call goes through requests; ``send`` takes a pool from the adapter's pool manager directly."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -267,21 +268,6 @@ class _Adapter(HTTPAdapter):
         if hasattr(manager, "pool_classes_by_scheme"):
             manager.pool_classes_by_scheme = dict(_POOLS)
         return manager
-
-
-class _Bearer(requests.auth.AuthBase):
-    """Sets the Authorization header last. Passing auth also stops requests from reading ~/.netrc, which
-    would otherwise replace our header with Basic credentials for a matching host."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        return request
-
-    def __repr__(self) -> str:
-        return "_Bearer(****)"
 
 
 # -- sessions -----------------------------------------------------------------------------------------
