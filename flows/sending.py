@@ -48,7 +48,7 @@ def send_for_credential(
     problem = pinned(spec.url, credential.api_base)
     if problem:
         return _not_sent(spec, "invalid", f"Not sent: {problem}")
-    session = transport.session_for(str(credential.uuid))
+    session = tokens.session(credential)
     try:
         token = view.token()
     except AuthError as exc:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 
+import requests
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -171,12 +172,17 @@ def _fetch(credential: Credential) -> Token | AuthError:
             credential.api_base,
             credential.client_id,
             secret.reveal(),
-            session=transport.session_for(str(credential.uuid)),
+            session=session(credential),
             connect_timeout=settings.CLAZAR_CONNECT_TIMEOUT,
             read_timeout=settings.CLAZAR_READ_TIMEOUT,
         )
     except AuthError as exc:
         return exc
+
+
+def session(credential: Credential) -> requests.Session:
+    """The credential's keep-alive session in this process: one connection kept per deliver thread."""
+    return transport.session_for(str(credential.uuid), pool_size=settings.DELIVERY_THREADS)
 
 
 def _store(credential_id: int, token: Token, now: datetime) -> None:

@@ -242,8 +242,9 @@ def test_a_pool_of_threads_writes_every_response_once_through_few_database_conne
     watcher = threading.Thread(target=watch)
     if connections["default"].vendor == "postgresql":
         watcher.start()
+    settings.DELIVERY_THREADS = 16  # the run's threads, and the connections kept alive per credential
     try:
-        tally = delivery.process_due(dest.pk, threads=16, lease_seconds=30)
+        tally = delivery.process_due(dest.pk, lease_seconds=30)
     finally:
         done.set()
         if watcher.is_alive():

@@ -57,10 +57,11 @@ log = logging.getLogger(__name__)
 
 CHUNK = 8192
 MAX_SESSIONS = 32
-# Connections kept alive per session: DELIVERY_THREADS' maximum, so each sending thread of a worker
-# keeps its own. A smaller pool closes a connection after each send beyond its size (and urllib3 logs a
-# warning each time): a new TCP connection, and a new thread in a threaded server, per request.
-POOL_SIZE = 64
+# Connections kept alive per session unless the caller says (flows passes DELIVERY_THREADS, so each
+# sending thread keeps its own). A pool smaller than the threads closes a connection after each send
+# beyond its size (and urllib3 logs a warning each time): a new TCP connection, and a new thread in a
+# threaded server, per request.
+POOL_SIZE = 8
 REDACTED = "****"
 
 try:
@@ -289,15 +290,16 @@ _sessions: OrderedDict[str, requests.Session] = OrderedDict()
 _sessions_lock = threading.Lock()
 
 
-def session_for(credential_key: str) -> requests.Session:
-    """The keep-alive session for one credential, shared by the threads of this process. Bounded: the
-    least recently used session is closed when more than MAX_SESSIONS credentials are in use."""
+def session_for(credential_key: str, pool_size: int = POOL_SIZE) -> requests.Session:
+    """The keep-alive session for one credential, shared by the threads of this process, keeping up to
+    ``pool_size`` connections (set when the session is made). Bounded: the least recently used session
+    is closed when more than MAX_SESSIONS credentials are in use."""
     with _sessions_lock:
         session = _sessions.get(credential_key)
         if session is not None:
             _sessions.move_to_end(credential_key)
             return session
-        session = _sessions[credential_key] = new_session()
+        session = _sessions[credential_key] = new_session(pool_size)
         while len(_sessions) > MAX_SESSIONS:
             _, old = _sessions.popitem(last=False)
             old.close()  # idle connections only; a request in flight finishes on its own connection
