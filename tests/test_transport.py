@@ -266,6 +266,23 @@ def test_the_authorization_header_is_never_kept_unredacted(sim, token):
     assert token not in json.dumps(result.request_headers)
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("ftp://api.clazar.io/listings/", "is not an http(s) URL"),
+        ("http:///listings/", "is not an http(s) URL"),
+        ("http://127.0.0.1:99999/listings/", "is not a valid URL (Port out of range"),
+        ("http://127.0.0.1:x/listings/", "is not a valid URL"),
+        ("http://[::1/listings/", "is not a valid URL"),
+    ],
+)
+def test_a_url_that_cannot_be_sent_is_refused_with_a_reason_and_nothing_is_sent(token, url, says):
+    for _ in range(2):  # the second time from the per-URL cache: the same answer
+        result = send(RequestSpec("POST", url, b"{}", (1,)), token)
+        assert (result.error_kind, result.status, result.sent) == ("invalid", None, False)
+        assert result.error.startswith("Not sent: ") and says in result.error
+
+
 def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(sim, token):
     spec = RequestSpec("POST", f"{sim.url}/listings/", b"{}", (1,), headers=(("X-A", "b\r\nHost: evil"),))
     result = send(spec, token)

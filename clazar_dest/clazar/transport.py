@@ -369,17 +369,18 @@ def _target(url: str) -> _Target:
         host = urlsplit(url).netloc.rpartition("@")[2] or url
     except ValueError:
         host = url
-    problem = f"{shown} is not an http(s) URL."
     try:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return _Target(shown, host, problem)
+        parts.port  # noqa: B018 (raises for a port out of range or not a number)
+    except ValueError as exc:
+        return _Target(shown, host, f"{shown} is not a valid URL ({exc}).")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return _Target(shown, host, f"{shown} is not an http(s) URL.")
+    try:
         # A stray space or non-ASCII character is percent-encoded, as requests would.
         parsed = urllib3.util.parse_url(requote_uri(url))
-    except ValueError:
-        return _Target(shown, host, problem)
-    except (urllib3.exceptions.HTTPError, UnicodeError) as exc:
-        return _Target(shown, host, f"the URL can't be used ({type(exc).__name__}).")
+    except (ValueError, urllib3.exceptions.HTTPError, UnicodeError) as exc:
+        return _Target(shown, host, f"{shown} can't be used ({type(exc).__name__}).")
     scheme = (parsed.scheme or "").lower()
     return _Target(shown, host, None, scheme, parsed.host or "", parsed.port, parsed.request_uri)
 
