@@ -1,0 +1,130 @@
+"""What one request to Clazar costs the sending process in CPU, at the engine's concurrency: the engine's
+way (a pool of threads, each calling ``transport.send``) beside one asyncio event loop holding as many
+keep-alive connections (a bare HTTP/1.1 exchange over ``asyncio`` streams: the floor any event-loop
+worker could approach, with none of the transport's checks). No database: this isolates the client.
+
+    .venv/bin/python bench/client_overhead.py [--concurrency 64] [--requests 4000] [--latency 0.05]
+
+The Clazar simulator runs as its own process (with TCP_NODELAY, as in bench/deliver.py), ``--latency``
+on every call and no rate limit. Prints requests/s and the client's CPU microseconds per request for
+each, and the sequential ``transport.send`` as the naive baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from deliver import Sim  # noqa: E402
+
+from clazar_dest.clazar import transport  # noqa: E402
+from clazar_dest.clazar.spec import RequestSpec  # noqa: E402
+
+BODY = json.dumps({"name": "Offer", "listing": "lst-1", "buyer": "123456789012"}).encode()
+
+
+def measure(name: str, count: int, run: Callable[[], None]) -> dict[str, float]:
+    started, cpu = time.perf_counter(), time.process_time()
+    run()
+    elapsed, used = time.perf_counter() - started, time.process_time() - cpu
+    figures = {"per_second": round(count / elapsed, 1), "cpu_us_per_request": round(used / count * 1e6)}
+    print(f"{name:44s} {figures['per_second']:8.1f} req/s  {figures['cpu_us_per_request']:5d} µs CPU each")
+    return figures
+
+
+def threads(sim: Sim, token: str, concurrency: int, count: int) -> None:
+    """The engine's way: ``concurrency`` threads sharing one session, each sending until none are left."""
+    session = transport.new_session(concurrency)
+    spec = RequestSpec("POST", f"{sim.url}/private_offers/", BODY, (1,))
+    left, lock = [count], threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            result = transport.send(
+                spec,
+                token,
+                session=session,
+                idempotency_key=None,
+                connect_timeout=5,
+                read_timeout=30,
+                deadline=60,
+            )
+            if result.status != 201:
+                raise RuntimeError(f"unexpected answer: {result.status} {result.error}")
+
+    pool = [threading.Thread(target=work) for _ in range(concurrency)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+
+async def _connection(port: int, token: str, left: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST /private_offers/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    ).encode()
+    try:
+        while left[0] > 0:
+            left[0] -= 1
+            writer.write(head + BODY)
+            await writer.drain()
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            json.loads(await reader.readexactly(length))
+            if b" 201 " not in status:
+                raise RuntimeError(f"unexpected answer: {status!r}")
+    finally:
+        writer.close()
+
+
+def event_loop(sim: Sim, token: str, concurrency: int, count: int) -> None:
+    async def run() -> None:
+        left = [count]
+        await asyncio.gather(*(_connection(sim.port, token, left) for _ in range(concurrency)))
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--latency", type=float, default=0.05)
+    args = parser.parse_args()
+    sim = Sim(rate_limit=0)
+    try:
+        sim.reset(0.0, rate_limit=0)
+        token = sim.token()
+        naive = max(200, args.requests // 10)
+        measure("sequential transport.send (no latency)", naive, lambda: threads(sim, token, 1, naive))
+        sim.reset(args.latency, rate_limit=0)
+        token = sim.token()
+        c, n = args.concurrency, args.requests
+        measure(f"{c} threads, transport.send", n, lambda: threads(sim, token, c, n))
+        measure(f"asyncio, {c} connections, bare HTTP/1.1", n, lambda: event_loop(sim, token, c, n))
+    finally:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()
