@@ -11,11 +11,12 @@ import gzip
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -320,6 +321,81 @@ def test_a_failed_tls_handshake_means_nothing_was_sent(tiny, token):
     assert b"Data Platform" not in b"".join(received)  # only a TLS hello reached the server
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for localhost: (certificate file, key file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(folder / "cert.pem"), str(folder / "key.pem")
+
+
+def tls_server(tiny, certificate: tuple[str, str], received: list[bytes]) -> TinyServer:
+    """A TLS server for localhost answering every request on a connection with a 200 and a JSON body."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+
+    def answer(conn: socket.socket) -> None:
+        with context.wrap_socket(conn, server_side=True) as tls:
+            while request := read_request(tls):
+                received.append(request)
+                tls.sendall(
+                    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"id": "1"}'
+                )
+
+    return tiny(answer)
+
+
+def test_an_untrusted_certificate_fails_the_handshake_and_nothing_is_sent(tiny, token, certificate):
+    received: list[bytes] = []
+    server = tls_server(tiny, certificate, received)
+    url = server.url.replace("http://127.0.0.1", "https://localhost") + "/listings/1/"
+    result = send(RequestSpec("GET", url, None, (1,)), token)
+    assert (result.error_kind, result.sent) == ("connect", False)
+    assert "TLS handshake failed" in result.error and "Nothing was sent" in result.error
+    assert received == []
+
+
+def test_https_with_a_trusted_certificate_is_answered_on_one_kept_alive_connection(
+    tiny, token, certificate, monkeypatch
+):
+    monkeypatch.setattr(transport, "CA_BUNDLE", certificate[0])
+    received: list[bytes] = []
+    server = tls_server(tiny, certificate, received)
+    url = server.url.replace("http://127.0.0.1", "https://localhost") + "/listings/1/"
+    session = transport.new_session()
+    for _ in range(2):
+        result = send(RequestSpec("GET", url, None, (1,)), token, session=session)
+        assert (result.status, result.json, result.error_kind) == (200, {"id": "1"}, None)
+    assert server.connections == 1 and len(received) == 2
+    assert received[0].startswith(b"GET /listings/1/ HTTP/1.1\r\n")
+    assert f"Host: localhost:{url.split(':')[2].split('/')[0]}".encode() in received[0]
+
+
 def test_a_connection_dropped_after_a_create_is_unknown_and_the_object_was_created(sim, token):
     sim.add_fault("drop", route="create_listing")
     spec = spec_for(sim.url, "create_listing", LISTING)
@@ -502,10 +578,11 @@ def test_sessions_are_kept_per_credential_and_bounded():
 def test_a_kept_alive_connection_is_reused(sim, token):
     session = transport.new_session()
     spec = spec_for(sim.url, "create_listing", LISTING)
+    before = sim.connections_accepted
     for _ in range(3):
         assert send(spec, token, session=session).status == 201
-    pools = session.get_adapter(sim.url).poolmanager.pools
-    assert [pools[key].num_connections for key in pools.keys()] == [1]  # noqa: SIM118 (not iterable)
+    assert sim.connections_accepted - before == 1
+    assert session.idle_connections() == 1
 
 
 def test_the_request_line_and_headers_are_what_clazar_receives_and_a_gzip_answer_is_read(tiny, token):
@@ -541,6 +618,25 @@ def test_the_request_line_and_headers_are_what_clazar_receives_and_a_gzip_answer
     assert sent["Content-Type"] == sent["Accept"] == "application/json"
     assert sent_body == b'{"a":1}'
     assert result.request_headers["Authorization"] == "Bearer ****"
+
+
+def test_an_informational_answer_is_skipped_and_garbage_is_not_taken_for_an_answer(tiny, token):
+    def continue_then_created(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        conn.sendall(b'HTTP/1.1 201 Created\r\nContent-Length: 13\r\n\r\n{"id": "o-1"}')
+
+    def garbage(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"SMTP ready\r\n\r\n")
+
+    spec = RequestSpec("POST", f"{tiny(continue_then_created).url}/listings/", b"{}", (1,))
+    result = send(spec, token)
+    assert (result.status, result.json, result.error_kind) == (201, {"id": "o-1"}, None)
+    spec = RequestSpec("POST", f"{tiny(garbage).url}/listings/", b"{}", (1,))
+    result = send(spec, token)
+    assert (result.status, result.error_kind, result.sent) == (None, "sent_then_failed", True)
+    assert "not HTTP/1.1" in result.error and "may have received it" in result.error
 
 
 def test_a_post_without_a_body_declares_an_empty_one(sim, token):

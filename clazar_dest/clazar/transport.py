@@ -3,9 +3,9 @@
 ``send()`` never raises for an HTTP answer or a network failure: it returns an ``AttemptResult`` that
 `flows.outcomes.classify` turns into a decision. The hard part is telling "nothing reached Clazar" (safe to
 send again, even a create) from "the request may have reached Clazar" (a create must not be re-sent
-blindly). Exception types alone can't say that reliably (a TLS handshake timeout surfaces as a *read*
-timeout, a stale keep-alive connection as a reset), so the connection classes below record whether a single
-byte of the request was handed to the socket. ``error_kind`` is:
+blindly). Exception types alone can't say that reliably (a stale keep-alive connection surfaces as a
+reset), so ``send`` writes the request itself (h11 builds the bytes and parses the answer; the socket is
+ours) and records whether a single byte of it was handed to the socket. ``error_kind`` is:
 
 - ``None``: Clazar answered and the answer was read (any status; 3xx is ``redirect``).
 - ``"connect"``: nothing was sent (refused, DNS, connect timeout, TLS handshake, deadline before sending).
@@ -27,15 +27,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
-import http.client
 import json
 import logging
 import os
 import re
+import select
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,25 +45,25 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
+import h11
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, requote_uri
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from clazar_dest.clazar.spec import RequestSpec
 
 log = logging.getLogger(__name__)
 
-CHUNK = 8192
 MAX_SESSIONS = 32
 # Connections kept alive per session unless the caller says (flows passes DELIVERY_THREADS, so each
 # sending thread keeps its own). A pool smaller than the threads closes a connection after each send
-# beyond its size (and urllib3 logs a warning each time): a new TCP connection, and a new thread in a
-# threaded server, per request.
+# beyond its size: a new TCP connection, and a new thread in a threaded server, per request.
 POOL_SIZE = 8
 REDACTED = "****"
+MAX_HEAD = 65_536  # the status line and headers of an answer
+READ_SIZE = 65_536
+CA_BUNDLE = DEFAULT_CA_BUNDLE_PATH  # certifi's, as requests uses for the token call
 
 try:
     VERSION = metadata.version("clazar-dest")
@@ -133,26 +134,26 @@ class AttemptResult:
 
 
 class _Probe:
-    """Per-call state shared with the connection classes (same thread) and the watchdog (another one)."""
+    """Per-call state shared with the watchdog (another thread): whether the first byte of the request was
+    handed to the socket, and the socket to shut when the deadline passes."""
 
     def __init__(self) -> None:
         self.sent = False
         self.expired = False
-        self.conn: HTTPConnection | None = None
+        self.sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._done = False
 
     def expire(self) -> None:
         """The watchdog: wake a read that is blocked (or trickled) past the deadline by shutting the socket.
-        A shut socket is detected as dropped by the pool and never reused."""
+        A connection whose call expired is closed, never reused."""
         with self._lock:
             if self._done:
                 return
             self.expired = True
-            sock = getattr(self.conn, "sock", None)
-            if sock is not None:
+            if self.sock is not None:
                 with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the fd, also under an SSLSocket
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # the fd, also under an SSLSocket
 
     def finish(self) -> None:
         with self._lock:
@@ -161,9 +162,6 @@ class _Probe:
     @property
     def finished(self) -> bool:
         return self._done
-
-
-_local = threading.local()
 
 
 class _Watchdog:
@@ -213,84 +211,123 @@ class _Deadline(OSError):
     """Raised instead of writing the first byte once the deadline has passed: nothing is sent."""
 
 
-class _Watched:
-    """Mixin for urllib3 connections: notes the connection and the first byte written for the current call."""
-
-    sock: Any
-    auto_open: int
-
-    def connect(self) -> None:
-        probe: _Probe | None = getattr(_local, "probe", None)
-        if probe is not None:
-            probe.conn = self  # type: ignore[assignment]
-        super().connect()  # type: ignore[misc]
-
-    def send(self, data: Any) -> None:
-        probe: _Probe | None = getattr(_local, "probe", None)
-        if probe is not None:
-            if self.sock is None and self.auto_open:
-                self.connect()  # what http.client would do next; connect errors stay "not sent"
-            probe.conn = self  # type: ignore[assignment]
-            if probe.expired and not probe.sent:
-                raise _Deadline("The deadline passed before the request was sent.")
-            probe.sent = True  # before writing: a partial write may still reach Clazar
-        super().send(data)  # type: ignore[misc]
+# -- connections --------------------------------------------------------------------------------------
 
 
-class _HTTPConnection(_Watched, HTTPConnection):
-    pass
+class _Connection:
+    """One kept-alive HTTP/1.1 connection: the socket and h11's state of the exchange on it."""
+
+    __slots__ = ("eof", "sock", "state")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.state = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.eof = False  # the server closed its side
+
+    def next_event(self) -> Any:
+        """h11's next event, reading from the socket as needed (its timeout is the read timeout)."""
+        while True:
+            event = self.state.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = self.sock.recv(READ_SIZE)
+            self.eof = not data
+            self.state.receive_data(data)
+
+    def dropped(self) -> bool:
+        """Whether an idle connection was closed by the server (or has bytes nobody asked for)."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
-class _HTTPSConnection(_Watched, HTTPSConnection):
-    pass
+@functools.cache
+def _tls_context(cafile: str) -> ssl.SSLContext:
+    """Certificates are checked against requests' CA bundle (certifi), as for the token call."""
+    return ssl.create_default_context(cafile=cafile)
 
 
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class _Adapter(HTTPAdapter):
-    """requests' adapter with the watched connections; no retries (the engine decides those). The token
-    call goes through requests; ``send`` takes a pool from the adapter's pool manager directly."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
-
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **kwargs)
-        if hasattr(manager, "pool_classes_by_scheme"):
-            manager.pool_classes_by_scheme = dict(_POOLS)
-        return manager
+def _connect(target: _Target, timeout: float, probe: _Probe) -> _Connection:
+    sock = socket.create_connection((target.address, target.port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        probe.sock = sock  # a slow TLS handshake is cut at the deadline too
+        if target.scheme == "https":
+            sock = _tls_context(CA_BUNDLE).wrap_socket(sock, server_hostname=target.address)
+    except BaseException:
+        sock.close()
+        raise
+    return _Connection(sock)
 
 
 # -- sessions -----------------------------------------------------------------------------------------
 
 
-def new_session(pool_size: int = POOL_SIZE) -> requests.Session:
-    """A keep-alive session with the watched adapter and no cookies (it is shared by threads, so no
-    shared cookie state)."""
-    session = requests.Session()
-    session.trust_env = False  # no proxies or .netrc from the environment: calls go to the API base only
-    adapter = _Adapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-    return session
+class Session(requests.Session):
+    """requests' session for the token call, plus the kept-alive connections ``send`` uses: up to
+    ``pool_size`` idle ones per origin, shared by the threads of this process. No cookies (shared by
+    threads, so no shared cookie state), no proxies or .netrc from the environment (calls go to the API
+    base only)."""
+
+    def __init__(self, pool_size: int = POOL_SIZE) -> None:
+        super().__init__()
+        self.trust_env = False
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        self.pool_size = pool_size
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle_lock = threading.Lock()
+        self._closed = False
+
+    def idle_connections(self) -> int:
+        with self._idle_lock:
+            return sum(len(idle) for idle in self._idle.values())
+
+    def take(self, origin: tuple[str, str, int]) -> _Connection | None:
+        """The most recently used idle connection to ``origin`` still open, or None."""
+        while True:
+            with self._idle_lock:
+                idle = self._idle.get(origin)
+                conn = idle.pop() if idle else None
+            if conn is None or not conn.dropped():
+                return conn
+            conn.close()
+
+    def give(self, origin: tuple[str, str, int], conn: _Connection) -> None:
+        """Keep a connection whose exchange ended cleanly, or close it when the pool is full."""
+        with self._idle_lock:
+            idle = self._idle.setdefault(origin, [])
+            if not self._closed and len(idle) < self.pool_size:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (a request in flight finishes, then closes its own)."""
+        with self._idle_lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+        super().close()
 
 
-_sessions: OrderedDict[str, requests.Session] = OrderedDict()
+def new_session(pool_size: int = POOL_SIZE) -> Session:
+    return Session(pool_size)
+
+
+_sessions: OrderedDict[str, Session] = OrderedDict()
 _sessions_lock = threading.Lock()
 
 
-def session_for(credential_key: str, pool_size: int = POOL_SIZE) -> requests.Session:
+def session_for(credential_key: str, pool_size: int = POOL_SIZE) -> Session:
     """The keep-alive session for one credential, shared by the threads of this process, keeping up to
     ``pool_size`` connections (set when the session is made). Bounded: the least recently used session
     is closed when more than MAX_SESSIONS credentials are in use."""
@@ -302,7 +339,7 @@ def session_for(credential_key: str, pool_size: int = POOL_SIZE) -> requests.Ses
         session = _sessions[credential_key] = new_session(pool_size)
         while len(_sessions) > MAX_SESSIONS:
             _, old = _sessions.popitem(last=False)
-            old.close()  # idle connections only; a request in flight finishes on its own connection
+            old.close()
         return session
 
 
@@ -357,9 +394,17 @@ class _Target:
     host: str  # host[:port], for messages
     problem: str | None  # why it can't be sent, or None
     scheme: str = ""
-    hostname: str = ""
-    port: int | None = None
+    address: str = ""  # the host to connect to (IDNA-encoded, no IPv6 brackets)
+    port: int = 0
+    host_header: str = ""
     request_uri: str = ""  # path and query, re-quoted as requests would
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return (self.scheme, self.address, self.port)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -377,12 +422,16 @@ def _target(url: str) -> _Target:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return _Target(shown, host, f"{shown} is not an http(s) URL.")
     try:
-        # A stray space or non-ASCII character is percent-encoded, as requests would.
+        # A stray space or non-ASCII character is percent-encoded, as requests would; the host is
+        # IDNA-encoded.
         parsed = urllib3.util.parse_url(requote_uri(url))
     except (ValueError, urllib3.exceptions.HTTPError, UnicodeError) as exc:
         return _Target(shown, host, f"{shown} can't be used ({type(exc).__name__}).")
     scheme = (parsed.scheme or "").lower()
-    return _Target(shown, host, None, scheme, parsed.host or "", parsed.port, parsed.request_uri)
+    name = parsed.host or ""
+    port = parsed.port or DEFAULT_PORTS[scheme]
+    header = name if port == DEFAULT_PORTS[scheme] else f"{name}:{port}"
+    return _Target(shown, host, None, scheme, name.strip("[]"), port, header, parsed.request_uri)
 
 
 def _headers(spec: RequestSpec, idempotency_key: str | None) -> tuple[dict[str, str], str | None]:
@@ -412,43 +461,29 @@ def _headers(spec: RequestSpec, idempotency_key: str | None) -> tuple[dict[str, 
 # -- sending ------------------------------------------------------------------------------------------
 
 
-def _in_chain(exc: BaseException, *types: type[BaseException]) -> bool:
-    """Whether ``exc`` or anything it wraps (requests and urllib3 nest their causes) is one of ``types``."""
-    todo: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, types):
-            return True
-        linked = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
-        todo.extend(item for item in linked if isinstance(item, BaseException))
-    return False
-
-
 def _failure(
-    exc: BaseException, probe: _Probe, host: str, timeouts: tuple[float, float, float]
+    exc: BaseException,
+    probe: _Probe,
+    conn: _Connection | None,
+    answered: bool,
+    host: str,
+    timeouts: tuple[float, float, float],
 ) -> tuple[str, str]:
-    """(error_kind, message) for an exception raised while sending or reading."""
+    """(error_kind, message) for an exception raised while connecting, sending or reading."""
     connect_timeout, read_timeout, deadline = timeouts
     if not probe.sent:
-        if probe.expired or _in_chain(exc, _Deadline):
+        if probe.expired or isinstance(exc, _Deadline):
             return "connect", f"Gave up after {deadline:g} s (the total time limit) before anything was sent."
-        # urllib3's NewConnectionError is a ConnectTimeoutError too: the specific causes come first.
-        if _in_chain(exc, urllib3.exceptions.NameResolutionError, socket.gaierror):
+        if isinstance(exc, socket.gaierror):
             reason = "the host name could not be resolved"
-        elif _in_chain(exc, urllib3.exceptions.SSLError, ssl.SSLError):
+        elif isinstance(exc, ssl.SSLError):
             reason = "the TLS handshake failed"
-        elif _in_chain(exc, ConnectionRefusedError):
+        elif isinstance(exc, ConnectionRefusedError):
             reason = "connection refused"
-        elif _in_chain(exc, TimeoutError):  # the socket's own timeout, under ConnectTimeoutError
+        elif isinstance(exc, TimeoutError):
             reason = f"timed out connecting after {connect_timeout:g} s"
-        elif _in_chain(exc, urllib3.exceptions.TimeoutError):
-            reason = "timed out while connecting"
         else:
-            reason = f"no connection could be made ({type(exc).__name__})"
+            reason = f"no connection could be made ({getattr(exc, 'strerror', None) or type(exc).__name__})"
         return "connect", f"Could not reach {host}: {reason}. Nothing was sent."
     if probe.expired:
         return (
@@ -456,42 +491,65 @@ def _failure(
             f"{host} took longer than the total time limit of {deadline:g} s; the request was sent, so "
             "Clazar may have received it.",
         )
-    if _in_chain(exc, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+    if isinstance(exc, TimeoutError):
         return (
             "read_timeout",
             f"{host} received the request but sent nothing for {read_timeout:g} s; Clazar may have "
             "applied it.",
         )
-    if _in_chain(exc, http.client.RemoteDisconnected):
-        how = "closed the connection without answering"
-    elif _in_chain(exc, ConnectionResetError):
+    if isinstance(exc, ConnectionResetError):
         how = "reset the connection"
-    elif _in_chain(exc, http.client.IncompleteRead, urllib3.exceptions.IncompleteRead):
-        how = "cut the answer off"
+    elif conn is not None and conn.eof:
+        how = "cut the answer off" if answered else "closed the connection without answering"
+    elif isinstance(exc, h11.RemoteProtocolError):
+        how = f"answered with something that is not HTTP/1.1 ({exc})"
+    elif isinstance(exc, zlib.error):
+        how = f"sent a compressed answer that could not be decompressed ({exc})"
     else:
         how = f"broke the connection ({type(exc).__name__})"
     return "sent_then_failed", f"{host} {how} after the request was sent; Clazar may have received it."
 
 
-def _read_body(raw: Any, max_body: int) -> tuple[bytes, bool]:
-    """Up to max_body bytes (decoded), and whether there was more. Reads max_body + 1 bytes at most."""
+def _read_body(conn: _Connection, encoding: str, max_body: int) -> tuple[bytes, bool]:
+    """Up to max_body bytes (decompressed), and whether there was more; never holds much more than that
+    (a compressed answer is inflated only up to the cap)."""
+    inflate = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in ("gzip", "x-gzip", "deflate") else None
     chunks: list[bytes] = []
     size = 0
     while size <= max_body:
-        chunk = raw.read(min(CHUNK, max_body + 1 - size), decode_content=True)
-        if not chunk:
+        event = conn.next_event()
+        if isinstance(event, h11.EndOfMessage):
+            if inflate is not None:
+                chunks.append(inflate.flush())
+                size += len(chunks[-1])
             break
-        chunks.append(chunk)
-        size += len(chunk)
+        if not isinstance(event, h11.Data):
+            raise h11.RemoteProtocolError(f"{type(event).__name__} inside the answer's body", 400)
+        data = bytes(event.data)
+        if inflate is not None:
+            data = inflate.decompress(data, max_body + 1 - size)
+        chunks.append(data)
+        size += len(data)
     data = b"".join(chunks)
     return data[:max_body], size > max_body
+
+
+def _answer_headers(response: Any) -> dict[str, str]:
+    """The answer's headers as sent (names keep their case; a repeated header is joined with ", ")."""
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for raw_name, raw_value in response.headers.raw_items():
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        first = seen.setdefault(name.lower(), name)
+        out[first] = f"{out[first]}, {value}" if first in out else value
+    return out
 
 
 def send(
     spec: RequestSpec,
     token: str,
     *,
-    session: requests.Session,
+    session: Session,
     idempotency_key: str | None,
     connect_timeout: float,
     read_timeout: float,
@@ -500,9 +558,11 @@ def send(
 ) -> AttemptResult:
     """Send ``spec`` with the bearer ``token``; never follow a redirect; never raise for what the network
     or Clazar does. ``deadline`` is the total number of seconds for the whole exchange (connect, send,
-    wait, read). ``session`` comes from ``session_for`` or ``new_session``: the request goes straight to
-    its urllib3 pool, whose connections tell "nothing was sent" apart from "sent" exactly (requests'
-    own request preparation and Response cost more CPU than the rest of a send; see bench/deliver.py)."""
+    wait, read). ``session`` comes from ``session_for`` or ``new_session``: the request goes out on one of
+    its kept-alive connections, written and read with h11 (requests' and urllib3's layers cost more CPU
+    than the rest of a send; see bench/client_overhead.py)."""
+    if not isinstance(session, Session):
+        raise TypeError("send() needs a session from transport.new_session() or session_for()")
     method = spec.method.upper()
     target = _target(spec.url)
     call = _Call(method, target.shown, target.host)
@@ -514,59 +574,63 @@ def send(
     call.request_headers = redact_headers(headers)
     if problem:
         return call.done(error_kind="invalid", error=f"Not sent: {problem}")
-    pool = _pool(session, spec.url, target)
+    try:
+        request = h11.Request(
+            method=method,
+            target=target.request_uri,
+            headers=[("Host", target.host_header), *((k, v.encode("latin-1")) for k, v in headers.items())],
+        )
+    except (h11.LocalProtocolError, UnicodeError) as exc:
+        return call.done(error_kind="invalid", error=f"Not sent: a header can't be sent over HTTP ({exc}).")
     timeouts = (connect_timeout, read_timeout, deadline)
     probe = _Probe()
-    _local.probe = probe
     _watchdog.arm(probe, max(deadline, 0.001))
-    response: urllib3.BaseHTTPResponse | None = None
+    conn: _Connection | None = None
+    response: Any = None
+    reusable = False
     try:
-        response = pool.urlopen(
-            method,
-            target.request_uri,
-            body=spec.body,
-            headers=headers,
-            retries=False,  # the engine decides retries
-            redirect=False,  # a 3xx is reported, never followed (the token would go along)
-            assert_same_host=False,
-            preload_content=False,  # the body is read up to max_body only
-            release_conn=False,
-            timeout=urllib3.Timeout(connect=min(connect_timeout, deadline), read=min(read_timeout, deadline)),
-        )
-        status, answer_headers = response.status, dict(response.headers)
-        raw, truncated = _read_body(response, max_body)
+        conn = session.take(target.origin) or _connect(target, min(connect_timeout, deadline), probe)
+        probe.sock = conn.sock
+        conn.sock.settimeout(min(read_timeout, deadline))
+        data = conn.state.send(request)
+        if spec.body:
+            data += conn.state.send(h11.Data(data=spec.body))
+        data += conn.state.send(h11.EndOfMessage())
+        if probe.expired:
+            raise _Deadline("The deadline passed before the request was sent.")
+        probe.sent = True  # before writing: a partial write may still reach Clazar
+        conn.sock.sendall(data)
+        response = conn.next_event()
+        while isinstance(response, h11.InformationalResponse):  # a 1xx precedes the real answer
+            response = conn.next_event()
+        if not isinstance(response, h11.Response):
+            raise h11.RemoteProtocolError(f"{type(response).__name__} instead of an answer", 400)
+        answer_headers = _answer_headers(response)
+        encoding = next((v for k, v in response.headers if k == b"content-encoding"), b"")
+        raw, truncated = _read_body(conn, encoding.decode("latin-1").strip().lower(), max_body)
         probe.finish()
         if probe.expired and not truncated:  # an EOF forced by the watchdog is not the end of the body
             raise _Deadline("The deadline passed while reading the answer.")
-    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-        kind, message = _failure(exc, probe, call.host, timeouts)
-        if response is None:
+        state = conn.state
+        reusable = not truncated and state.our_state is h11.DONE and state.their_state is h11.DONE
+        if reusable:
+            state.start_next_cycle()
+    except (OSError, h11.ProtocolError, zlib.error) as exc:
+        answered = isinstance(response, h11.Response)
+        kind, message = _failure(exc, probe, conn, answered, call.host, timeouts)
+        if not answered:
             return call.done(error_kind=kind, error=message)
-        message = f"Clazar answered HTTP {response.status}, but reading the answer failed: {message}"
+        message = f"Clazar answered HTTP {response.status_code}, but reading the answer failed: {message}"
         return call.done(
-            status=response.status, headers=dict(response.headers), error_kind=kind, error=message
+            status=response.status_code, headers=_answer_headers(response), error_kind=kind, error=message
         )
     finally:
         probe.finish()  # the watchdog drops a finished probe
-        _local.probe = None
-        if response is not None:
-            response.close()  # after a truncated read this drops the connection instead of draining it
-            response.release_conn()
-    return call.done(**_answer(status, answer_headers, raw, truncated, max_body))
-
-
-def _pool(session: requests.Session, url: str, target: _Target) -> HTTPConnectionPool:
-    """The session's urllib3 pool for the URL's origin. Certificates are checked against requests' CA
-    bundle, as for the token call."""
-    adapter = session.get_adapter(url)
-    if not isinstance(adapter, _Adapter):
-        raise TypeError("send() needs a session from transport.new_session() or session_for()")
-    tls = (
-        {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH} if target.scheme == "https" else {}
-    )
-    return adapter.poolmanager.connection_from_host(
-        target.hostname, target.port, target.scheme, pool_kwargs=tls
-    )
+        if conn is not None and reusable:
+            session.give(target.origin, conn)
+        elif conn is not None:
+            conn.close()  # after a truncated or failed read: the rest of the answer is never read
+    return call.done(**_answer(response.status_code, answer_headers, raw, truncated, max_body))
 
 
 def _answer(status: int, headers: dict[str, str], raw: bytes, truncated: bool, max_body: int) -> dict:
