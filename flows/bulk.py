@@ -126,10 +126,17 @@ def _converter(field: Field) -> Callable[[Any], Any]:
     if isinstance(field, BinaryField):
         return _hex
     prep = field.get_prep_value
+    # The Python type the field's own preparation returns unchanged: such a value goes in as it is (most
+    # values of the hot paths: strings, counts, flags), skipping the field's checks that could not change it.
+    same = _NATURAL.get(field.get_internal_type())
 
     def convert(value: Any) -> Any:
         if value is None:
             return None
+        if type(value) is same or (same is str and isinstance(value, str)):  # str: choices too
+            return value
+        if type(value) is datetime and value.tzinfo is not None:
+            return value.isoformat()  # what prep (an aware datetime is kept) and the branch below give
         value = prep(value)
         if isinstance(value, datetime | date):
             return value.isoformat()
@@ -138,6 +145,25 @@ def _converter(field: Field) -> Callable[[Any], Any]:
         return value
 
     return convert
+
+
+_NATURAL: dict[str, type] = {
+    "CharField": str,
+    "TextField": str,
+    "SlugField": str,
+    "EmailField": str,
+    "URLField": str,
+    "IntegerField": int,
+    "BigIntegerField": int,
+    "SmallIntegerField": int,
+    "PositiveIntegerField": int,
+    "PositiveBigIntegerField": int,
+    "PositiveSmallIntegerField": int,
+    "BooleanField": bool,
+    "AutoField": int,
+    "BigAutoField": int,
+    "ForeignKey": int,  # to an integer key (a value of another type goes through the field)
+}
 
 
 def _same(value: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connections
@@ -17,7 +17,7 @@ from django.utils import timezone
 from clazar_dest.simulators import clazar as clazar_sim_module
 from clazar_dest.simulators.clazar import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from flows import delivery, records
-from flows.bulk import insert_many, set_many
+from flows.bulk import _converter, insert_many, set_many
 from flows.delivery.batch import GroupCommit
 from flows.models import Attempt, Delivery, Destination, Nexset, Record
 from tests.factories import CredentialFactory, DestinationFactory, NexsetFactory
@@ -162,6 +162,32 @@ def test_insert_many_stores_every_field_as_save_would_and_gives_each_object_its_
     first = Attempt.objects.get(pk=attempts[0].pk)
     assert first.request_headers == {"X-Trace": "a'b\"c"} and first.outcome == Attempt.Outcome.SENDING
     assert Attempt.objects.get(pk=attempts[1].pk).response_headers == {}
+
+
+AWARE = datetime(2026, 11, 26, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "value"),
+    [
+        (Delivery, "state", S.SUCCEEDED),
+        (Delivery, "url", "https://api.clazar.io/private_offers/"),
+        (Delivery, "target_id", 42),  # not a string: the field makes it one
+        (Delivery, "last_status", 503),
+        (Delivery, "last_status", "503"),  # not an int: the field makes it one
+        (Delivery, "attempts", True),  # a bool in an integer column: the field makes it 1
+        (Delivery, "finished_at", AWARE),
+        (Delivery, "destination", 7),
+        (Attempt, "duration_ms", 12),
+        (Attempt, "outcome", Attempt.Outcome.SUCCEEDED),
+    ],
+)
+def test_a_value_goes_into_the_json_document_as_the_field_prepares_it(model, name, value):
+    field = model._meta.get_field(name)
+    expected = field.get_prep_value(value)
+    expected = expected.isoformat() if isinstance(expected, datetime) else expected
+    got = _converter(field)(value)
+    assert (got, type(got)) == (expected, type(expected))
 
 
 def creates_over_the_simulator(settings, sim, count: int, **config) -> Destination:

@@ -700,8 +700,11 @@ class _Call:
 
 
 def _logged(result: AttemptResult) -> AttemptResult:
+    level = logging.INFO if result.error_kind else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return result
     log.log(
-        logging.INFO if result.error_kind else logging.DEBUG,
+        level,
         "clazar %s %s -> %s%s in %d ms (headers: %s)",
         result.method,
         result.url,

@@ -283,8 +283,14 @@ def write_outcomes(batch: list[Written]) -> list[str]:
 
 
 def _log_outcome(w: Written) -> None:
+    """A line per outcome; a success at DEBUG (its attempt row is the record; at a thousand deliveries a
+    second, a line for each would flood the log), anything else at INFO."""
+    level = logging.DEBUG if w.fields["state"] == Delivery.State.SUCCEEDED else logging.INFO
+    if not log.isEnabledFor(level):
+        return
     delivery, result = w.delivery, w.exchange.result
-    log.info(
+    log.log(
+        level,
         "delivery %s attempt %s: %s %s -> %s (%s)",
         delivery.uuid,
         delivery.attempts,
