@@ -13,7 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-import requests
 from django.conf import settings
 
 from clazar_dest.clazar import transport
@@ -106,7 +105,7 @@ def _port(scheme: str, port: int | None) -> int | None:
 
 
 def _send(
-    spec: RequestSpec, token: str, session: requests.Session, idempotency_key: str | None
+    spec: RequestSpec, token: str, session: transport.Session, idempotency_key: str | None
 ) -> AttemptResult:
     return transport.send(
         spec,

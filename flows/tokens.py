@@ -32,7 +32,6 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 
-import requests
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -180,7 +179,7 @@ def _fetch(credential: Credential) -> Token | AuthError:
         return exc
 
 
-def session(credential: Credential) -> requests.Session:
+def session(credential: Credential) -> transport.Session:
     """The credential's keep-alive session in this process: one connection kept per deliver thread."""
     return transport.session_for(str(credential.uuid), pool_size=settings.DELIVERY_THREADS)
 

@@ -585,6 +585,24 @@ def test_a_kept_alive_connection_is_reused(sim, token):
     assert session.idle_connections() == 1
 
 
+def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_reused(tiny, token):
+    """A server may close an idle keep-alive connection (its own timeout) without having said so: the
+    next create goes out on a new connection instead of failing as "may have been received"."""
+
+    def one_answer_then_close(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b'HTTP/1.1 201 Created\r\nContent-Length: 13\r\n\r\n{"id": "o-1"}')
+
+    server = tiny(one_answer_then_close)
+    session = transport.new_session()
+    spec = RequestSpec("POST", f"{server.url}/private_offers/", None, (1,))
+    for _ in range(2):
+        result = send(spec, token, session=session)
+        assert (result.status, result.error_kind) == (201, None)
+        time.sleep(0.1)  # idle: the server's close arrives
+    assert server.connections == 2
+
+
 def test_the_request_line_and_headers_are_what_clazar_receives_and_a_gzip_answer_is_read(tiny, token):
     """The transport builds the request itself (no requests.Request): a stray space or non-ASCII character
     in a configured URL is percent-encoded, the body's length is declared, and a compressed answer is

@@ -353,9 +353,11 @@ def close_sessions() -> None:
 # -- URLs and headers ---------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def sanitize_url(url: str) -> str:
     """The URL without userinfo or fragment, with secret-looking query values replaced by ``****``
-    (by name: token, secret, key, signature...; or by shape: JWTs and long opaque strings)."""
+    (by name: token, secret, key, signature...; or by shape: JWTs and long opaque strings). Worked out
+    once per URL: every attempt row shows its URL."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -380,10 +382,15 @@ def redact_headers(headers: Any) -> dict[str, str]:
         if lowered in ("authorization", "proxy-authorization"):
             scheme, _, rest = text.partition(" ")
             text = f"{scheme} {REDACTED}" if rest else REDACTED
-        elif lowered != "idempotency-key" and _SECRET_NAME.search(lowered):
+        elif _secret_header(lowered):
             text = REDACTED
         out[name] = text
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_header(lowered: str) -> bool:
+    return lowered != "idempotency-key" and bool(_SECRET_NAME.search(lowered))
 
 
 @dataclass(frozen=True)
