@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import re
 import socket
 import ssl
@@ -583,6 +584,23 @@ def test_a_kept_alive_connection_is_reused(sim, token):
         assert send(spec, token, session=session).status == 201
     assert sim.connections_accepted - before == 1
     assert session.idle_connections() == 1
+
+
+def test_a_forked_child_makes_its_own_connections_and_the_parents_keep_working(sim, token):
+    transport.close_sessions()
+    spec = spec_for(sim.url, "create_listing", LISTING)
+    session = transport.session_for("forked")
+    assert send(spec, token, session=session).status == 201
+    accepted = sim.connections_accepted
+    pid = os.fork()
+    if pid == 0:  # the child: a session of its own, the inherited sockets closed
+        own = transport.session_for("forked") is not session and session.idle_connections() == 0
+        os._exit(0 if own else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert send(spec, token, session=session).status == 201  # on the parent's kept-alive connection
+    assert sim.connections_accepted == accepted
+    transport.close_sessions()
 
 
 def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_reused(tiny, token):

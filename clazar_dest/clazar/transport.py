@@ -308,6 +308,14 @@ class Session(requests.Session):
                 return
         conn.close()
 
+    def forget(self) -> None:
+        """In a forked child: close this process's copies of the idle sockets; the session is not used
+        again here."""
+        idle, self._idle, self._idle_lock, self._closed = self._idle, {}, threading.Lock(), True
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
     def close(self) -> None:
         """Close the idle connections (a request in flight finishes, then closes its own)."""
         with self._idle_lock:
@@ -348,6 +356,20 @@ def close_sessions() -> None:
     with _sessions_lock:
         while _sessions:
             _sessions.popitem()[1].close()
+
+
+def _forget_sessions_after_fork() -> None:
+    """A forked child (a prefork worker, a web worker) must not share the parent's kept-alive sockets: two
+    processes writing on one connection would interleave their requests. The child closes its copies (the
+    parent's stay open) without taking any lock a parent thread may have held at the fork, and makes
+    sessions of its own."""
+    global _sessions, _sessions_lock
+    inherited, _sessions, _sessions_lock = _sessions, OrderedDict(), threading.Lock()
+    for session in inherited.values():
+        session.forget()
+
+
+os.register_at_fork(after_in_child=_forget_sessions_after_fork)
 
 
 # -- URLs and headers ---------------------------------------------------------------------------------
