@@ -196,6 +196,9 @@ DELIVERY_RECONCILE_TRIES = ep.parse_int(ENV, "DELIVERY_RECONCILE_TRIES", 10, min
 # Nexset sources (flows/imports.py, flows/views/hooks.py): upload and webhook limits.
 UPLOAD_MAX_BYTES = ep.parse_int(ENV, "UPLOAD_MAX_BYTES", 1024**3, minimum=1024, maximum=100 * 1024**3)
 UPLOAD_MAX_ROWS = ep.parse_int(ENV, "UPLOAD_MAX_ROWS", 5_000_000, minimum=1, maximum=1_000_000_000)
+# A Nexset with at least this many records gets a record search index of its own on its first record
+# search in a history (PostgreSQL; flows/search_index.py).
+RECORD_SEARCH_INDEX_MIN = ep.parse_int(ENV, "RECORD_SEARCH_INDEX_MIN", 100_000, minimum=1, maximum=10**12)
 UPLOAD_MAX_RECORD_CHARS = ep.parse_int(
     ENV, "UPLOAD_MAX_RECORD_CHARS", 262_144, minimum=1024, maximum=64 * 1024**2
 )

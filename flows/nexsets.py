@@ -181,6 +181,10 @@ def delete(nexset: Nexset) -> int:
             cursor.execute(f"DELETE FROM {table} WHERE nexset_id = %s", [locked.pk])  # noqa: S608 (model name)
             count = cursor.rowcount
         locked.delete()
+        if connection.vendor == "postgresql":
+            from flows.tasks import drop_search_index, later
+
+            later(drop_search_index, nexset.pk)
     for name in files:
         default_storage.delete(name)
     log.info("nexset %s deleted with %s records", nexset.uuid, count)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from django.core.cache import cache
@@ -81,6 +82,35 @@ def _send(destination_id: int) -> None:
         deliver.delay(destination_id)
     except Exception:
         log.warning("could not enqueue flows.deliver for destination %s; the sweeper will", destination_id)
+
+
+def later(task: Any, *args: Any) -> None:
+    """Enqueue ``task`` once the current transaction commits; a broker that is down is logged, not
+    raised (the page that asked still answers)."""
+
+    def send() -> None:
+        try:
+            task.delay(*args)
+        except Exception:
+            log.warning("could not enqueue %s %s", task.name, args)
+
+    transaction.on_commit(send)
+
+
+@shared_task(name="flows.build_search_index", ignore_result=True)
+def build_search_index(nexset_id: int) -> bool:
+    """Build a large Nexset's record search index (flows/search_index.py); a duplicate finds it built."""
+    from flows import search_index
+
+    return search_index.build(nexset_id)
+
+
+@shared_task(name="flows.drop_search_index", ignore_result=True)
+def drop_search_index(nexset_id: int) -> None:
+    """Drop a deleted Nexset's record search index."""
+    from flows import search_index
+
+    search_index.drop(nexset_id)
 
 
 @shared_task(name="flows.run_import", ignore_result=True)

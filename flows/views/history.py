@@ -18,7 +18,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from clazar_dest.clazar.transport import REDACTED, redact_headers, sanitize_url
-from flows import actions, audit, browse, history
+from flows import actions, audit, browse, history, search_index
 from flows.models import Attempt, Delivery
 from flows.roles import OPERATOR, VIEWER, role_required
 from flows.views.destinations import get_destination
@@ -48,9 +48,11 @@ def _history_context(request: HttpRequest, destination: Any, query: Any, **extra
         before=browse.number(query.get("before")),
         after=browse.number(query.get("after")),
     )
+    searching = bool(filters.field_name) and not filters.problems
     return {
         "destination": destination,
         "filters": filters,
+        "search_index": search_index.request(destination.nexset) if searching else "",
         "page": page,
         "rows": [(row, page.seqs.get(row.pk, [])) for row in page.rows],
         "states": [(s.value, s.label) for s in Delivery.State],
