@@ -20,7 +20,7 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from flows import audit
+from flows import audit, search_index
 from flows.config import DestinationConfig
 from flows.models import Credential, Destination, Record
 from flows.sending import pinned
@@ -136,6 +136,9 @@ def activate(
             extra={"records": shown.count, "endpoint": shown.label, "host": shown.host},
         )
         wake(dest.pk)
+        # Its history will be searched by record field: a large Nexset gets its search index now, while
+        # the first deliveries go out, rather than at the first search.
+        search_index.request(dest.nexset)
     log.info("destination %s activated: %s", dest.uuid, shown.sentence)
 
 

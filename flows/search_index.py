@@ -5,8 +5,9 @@ The history's record filter (``buyer=123456789012``) is JSON containment on the 
 million (bench/pages.py). One GIN index over all records would answer it in a millisecond, but every
 record stored afterwards (imports, webhooks, responses) would pay for it in every Nexset, searched or not:
 bench/import_csv.py's storing pass went from 23 s to 46 s for a million rows. So the index is per Nexset
-and only where it is wanted: the first record search of a Nexset holding at least
-``RECORD_SEARCH_INDEX_MIN`` records asks a worker to build a partial index for it (``WHERE nexset_id =
+and only where it is wanted: activating a destination of a Nexset holding at least
+``RECORD_SEARCH_INDEX_MIN`` records (its history is what gets searched), or the first record search in
+one, asks a worker to build a partial index for it (``WHERE nexset_id =
 N``), ``CONCURRENTLY`` so records keep arriving meanwhile; later searches use it. Deleting the Nexset drops
 its index. On SQLite nothing changes (the search reads the records).
 """
@@ -46,7 +47,7 @@ def state(nexset_id: int) -> str | None:
 
 
 def request(nexset: Nexset) -> str:
-    """Called by a record search: whether the Nexset's index can answer it (``READY``), is on its way
+    """Called by a record search and by activation: whether the Nexset's index can answer it (``READY``), is on its way
     (``BUILDING``: a build is queued at most every ten minutes per Nexset) or is not worth having."""
     if connection.vendor != "postgresql" or nexset.record_count < settings.RECORD_SEARCH_INDEX_MIN:
         return NOT_NEEDED

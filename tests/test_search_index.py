@@ -92,3 +92,17 @@ def test_deleting_a_nexset_drops_its_index(postgres, settings):
     assert search_index.state(nexset.pk) == search_index.READY
     nexsets.delete(nexset)
     assert search_index.state(nexset.pk) is None
+
+
+def test_activating_a_destination_of_a_large_nexset_builds_its_index(postgres, settings):
+    settings.RECORD_SEARCH_INDEX_MIN = 3
+    from flows import activation
+    from tests.factories import CredentialFactory
+
+    nexset = NexsetFactory(name="Large")
+    records.append(nexset.pk, [{"name": f"N{i}", "buyer": f"{i:012d}"} for i in range(4)])
+    cache.delete(f"record-search-index-{nexset.pk}")
+    destination = DestinationFactory(nexset=nexset, credential=CredentialFactory(), status="draft")
+    assert search_index.state(nexset.pk) is None
+    activation.activate(destination.pk, user=None)
+    assert search_index.state(nexset.pk) == search_index.READY
