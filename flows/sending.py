@@ -1,5 +1,7 @@
 """Send one request for a credential: pin the URL, get the shared token, send, and on a 401 refresh the
-token once and send once more (DESIGN.md 6.4 and 6.5).
+token once and send once more (DESIGN.md 6.4 and 6.5). Written once as a coroutine (``send_with``) that
+runs either blocking (``send_for_credential``: Send Test Data, lookups, the circuit breaker's probe) or on a
+deliver run's event loop (``OnLoop``).
 
 Re-sending after a 401 is safe even for a create or a publish: Clazar checks the token before it does
 anything. Everything else (what the answer means, whether to retry) is ``flows.outcomes.classify``'s job.
@@ -7,10 +9,14 @@ anything. Everything else (what the answer means, whether to retry) is ``flows.o
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -21,6 +27,12 @@ from clazar_dest.clazar.spec import RequestSpec
 from clazar_dest.clazar.transport import AttemptResult
 from flows import tokens
 
+if TYPE_CHECKING:
+    from flows.delivery.batch import GroupCommit
+    from flows.models import Credential
+
+T = TypeVar("T")
+
 log = logging.getLogger(__name__)
 
 REFRESH_NOTE = (
@@ -28,6 +40,67 @@ REFRESH_NOTE = (
 )
 # Token failures that will not pass by themselves: say so instead of retrying for a day.
 LASTING_AUTH_KINDS = ("rejected", "redirect")
+
+
+class Blocking:
+    """How a send's steps are carried out in the calling thread: database work and the request block.
+    A send is written once, as a coroutine taking one of these (``send_with``, and ``flows.delivery.send``'s
+    ``deliver_with``); ``drive`` runs it with this one, where nothing it awaits ever suspends."""
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Database work (and anything else that blocks)."""
+        return fn(*args)
+
+    async def write(self, commit: GroupCommit[Any, T], item: Any) -> T:
+        """A write through one of the deliver run's group commits."""
+        return commit.submit(item)
+
+    async def send(
+        self, spec: RequestSpec, token: str, credential: Credential, idempotency_key: str | None
+    ) -> AttemptResult:
+        return transport.send(
+            spec,
+            token,
+            session=tokens.session(credential),
+            idempotency_key=idempotency_key,
+            **_timeouts(),
+        )
+
+
+class OnLoop(Blocking):
+    """The same steps on an event loop (a deliver run's): requests with ``transport.asend`` on the run's
+    own kept-alive connections; database work handed to threads (``offload`` returns a
+    ``concurrent.futures.Future``), as the ORM must not block the loop."""
+
+    def __init__(self, offload: Callable[..., concurrent.futures.Future], pool_size: int) -> None:
+        self._offload = offload
+        self.session = transport.AsyncSession(pool_size)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self._offload(fn, *args))
+
+    async def write(self, commit: GroupCommit[Any, T], item: Any) -> T:
+        return await commit.asubmit(item)
+
+    async def send(
+        self, spec: RequestSpec, token: str, credential: Credential, idempotency_key: str | None
+    ) -> AttemptResult:
+        return await transport.asend(
+            spec, token, session=self.session, idempotency_key=idempotency_key, **_timeouts()
+        )
+
+
+BLOCKING = Blocking()
+
+
+def drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a send written as a coroutine with ``Blocking`` steps: it finishes without suspending."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("a blocking send awaited something that did not finish at once")
 
 
 def send_for_credential(
@@ -42,21 +115,32 @@ def send_for_credential(
     refused: permanent) or ``auth_unavailable`` (try again later). A request to any other origin than the
     credential's API base is never sent (``invalid``): the token must not leave for another host.
     ``view``: a credential view shared by the sends of one deliver run (read once otherwise)."""
+    return drive(send_with(BLOCKING, spec, credential_id, idempotency_key=idempotency_key, view=view))
+
+
+async def send_with(
+    way: Blocking,
+    spec: RequestSpec,
+    credential_id: int,
+    *,
+    idempotency_key: str | None,
+    view: tokens.CredentialView | None = None,
+) -> AttemptResult:
+    """``send_for_credential`` with its steps carried out ``way``."""
     view = view or tokens.CredentialView(credential_id)
-    credential = view.row()
+    credential = view.cached() or await way.call(view.row)
     problem = pinned(spec.url, credential.api_base)
     if problem:
         return _not_sent(spec, "invalid", f"Not sent: {problem}")
-    session = tokens.session(credential)
     try:
-        token = view.token()
+        token = view.cached_token() or await way.call(view.token)
     except AuthError as exc:
         return _not_sent(spec, _auth_kind(exc), exc.message)
-    result = _send(spec, token, session, idempotency_key)
+    result = await way.send(spec, token, credential, idempotency_key)
     if result.status != 401:
         return result
 
-    tokens.invalidate(credential_id, token)
+    await way.call(tokens.invalidate, credential_id, token)
     view.drop()
     log.info(
         "credential %s: 401 from Clazar for %s %s; refreshing the token",
@@ -65,10 +149,10 @@ def send_for_credential(
         result.url,
     )
     try:
-        token = view.token()
+        token = await way.call(view.token)
     except AuthError as exc:
         return replace(_not_sent(spec, _auth_kind(exc), exc.message), refreshed=True, notes=(REFRESH_NOTE,))
-    again = _send(spec, token, session, idempotency_key)
+    again = await way.send(spec, token, credential, idempotency_key)
     return replace(again, refreshed=True, notes=(*again.notes, REFRESH_NOTE))
 
 
@@ -104,18 +188,12 @@ def _port(scheme: str, port: int | None) -> int | None:
     return port or {"http": 80, "https": 443}.get(scheme)
 
 
-def _send(
-    spec: RequestSpec, token: str, session: transport.Session, idempotency_key: str | None
-) -> AttemptResult:
-    return transport.send(
-        spec,
-        token,
-        session=session,
-        idempotency_key=idempotency_key,
-        connect_timeout=settings.CLAZAR_CONNECT_TIMEOUT,
-        read_timeout=settings.CLAZAR_READ_TIMEOUT,
-        deadline=settings.CLAZAR_DEADLINE,
-    )
+def _timeouts() -> dict[str, float]:
+    return {
+        "connect_timeout": settings.CLAZAR_CONNECT_TIMEOUT,
+        "read_timeout": settings.CLAZAR_READ_TIMEOUT,
+        "deadline": settings.CLAZAR_DEADLINE,
+    }
 
 
 def _auth_kind(exc: AuthError) -> str:

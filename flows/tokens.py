@@ -81,6 +81,17 @@ class CredentialView:
                 self._row = Credential.objects.only(*self.FIELDS).get(pk=self.credential_id)
             return self._row
 
+    def cached(self) -> Credential | None:
+        """The row as read, without reading it (None when it must be read)."""
+        with self._lock:
+            return self._row
+
+    def cached_token(self) -> str | None:
+        """The token of the row as read while it stays usable, without any query (None otherwise: then
+        ``token`` reads the row or fetches a new one)."""
+        row = self.cached()
+        return None if row is None else _usable(row, timezone.now())
+
     def refresh(self) -> None:
         """Read the row again."""
         row = Credential.objects.only(*self.FIELDS).get(pk=self.credential_id)

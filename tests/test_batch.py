@@ -5,6 +5,7 @@ as seen by Clazar's side of the socket."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -87,6 +88,55 @@ def test_when_a_batch_fails_each_write_is_tried_again_alone_so_only_a_failing_on
     assert isinstance(results[3], RuntimeError) and "went away" in str(results[3])
     assert any(len(batch) > 1 and 3 in batch for batch in calls)  # it failed a shared batch first
     assert [3] in calls  # then alone
+
+
+def on_a_loop(count: int, group: GroupCommit, delay=lambda i: 0.0) -> list:
+    """``count`` coroutines on one event loop, each handing its number in (after ``delay(i)`` s)."""
+
+    async def one(i: int):
+        await asyncio.sleep(delay(i))
+        return await group.asubmit(i)
+
+    async def every() -> list:
+        return await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+
+    return asyncio.run(every())
+
+
+def test_coroutines_on_an_event_loop_get_their_own_results_from_shared_batches():
+    seen: list[list[int]] = []
+    writer_threads: set[str] = set()
+
+    def write_many(items: list[int]) -> list[int]:
+        seen.append(items)
+        writer_threads.add(threading.current_thread().name)
+        time.sleep(0.02)
+        return [item * 10 for item in items]
+
+    group = GroupCommit(write_many, writer=True)
+    results = on_a_loop(40, group)
+    group.close()
+    assert results == [i * 10 for i in range(40)]
+    assert sorted(i for batch in seen for i in batch) == list(range(40))
+    assert group.batches == len(seen) < 40 and writer_threads == {"group-commit"}
+
+
+def test_on_an_event_loop_a_failed_batch_is_written_again_alone_and_only_the_bad_write_fails():
+    calls: list[list[int]] = []
+
+    def write_many(items: list[int]) -> list[int]:
+        calls.append(items)
+        time.sleep(0.02)
+        if 3 in items:
+            raise RuntimeError("the database went away")
+        return items
+
+    group = GroupCommit(write_many, writer=True)
+    results = on_a_loop(8, group, delay=lambda i: 0 if i == 0 else 0.005)
+    group.close()
+    assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+    assert isinstance(results[3], RuntimeError) and "went away" in str(results[3])
+    assert any(len(batch) > 1 and 3 in batch for batch in calls) and [3] in calls
 
 
 @pytest.mark.django_db

@@ -6,6 +6,7 @@ checked through flows.outcomes.classify, the way the engine will use it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import json
@@ -43,8 +44,39 @@ def spec_for(base: str, key: str, body: object | None, object_id: str | None = N
     )
 
 
+# Every test sends with the blocking transport (``transport.send``) and again with its asyncio twin
+# (``transport.asend``, what the deliver loop uses): the same answers, the same error kinds.
+_mode: dict = {"name": "blocking", "runner": None}
+blocking_only = pytest.mark.parametrize("transport_mode", ["blocking"], indirect=True)
+
+
+@pytest.fixture(autouse=True, params=["blocking", "asyncio"])
+def transport_mode(request) -> Iterator[str]:
+    _mode["name"] = request.param
+    with asyncio.Runner() as runner:  # one loop for the whole test: kept-alive connections live on it
+        _mode["runner"] = runner
+        yield request.param
+        _mode["runner"] = None
+    _mode["name"] = "blocking"
+
+
+def new_session():
+    return transport.AsyncSession() if _mode["name"] == "asyncio" else transport.new_session()
+
+
+def pause(seconds: float) -> None:
+    """Wait (with the event loop running, as a deliver run's loop always is)."""
+    if _mode["name"] == "asyncio":
+        _mode["runner"].run(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
+
+
 def send(spec: RequestSpec, token: str, **overrides):
-    options = {"session": transport.new_session(), "idempotency_key": None, **FAST, **overrides}
+    options = {"session": overrides.pop("session", None) or new_session(), "idempotency_key": None, **FAST}
+    options.update(overrides)
+    if _mode["name"] == "asyncio":
+        return _mode["runner"].run(transport.asend(spec, token, **options))
     return transport.send(spec, token, **options)
 
 
@@ -388,7 +420,7 @@ def test_https_with_a_trusted_certificate_is_answered_on_one_kept_alive_connecti
     received: list[bytes] = []
     server = tls_server(tiny, certificate, received)
     url = server.url.replace("http://127.0.0.1", "https://localhost") + "/listings/1/"
-    session = transport.new_session()
+    session = new_session()
     for _ in range(2):
         result = send(RequestSpec("GET", url, None, (1,)), token, session=session)
         assert (result.status, result.json, result.error_kind) == (200, {"id": "1"}, None)
@@ -566,6 +598,7 @@ def test_sanitize_url_drops_userinfo_and_secret_query_values(url, shown):
     assert transport.sanitize_url(url) == shown
 
 
+@blocking_only
 def test_sessions_are_kept_per_credential_and_bounded():
     transport.close_sessions()
     first = transport.session_for("a")
@@ -577,7 +610,7 @@ def test_sessions_are_kept_per_credential_and_bounded():
 
 
 def test_a_kept_alive_connection_is_reused(sim, token):
-    session = transport.new_session()
+    session = new_session()
     spec = spec_for(sim.url, "create_listing", LISTING)
     before = sim.connections_accepted
     for _ in range(3):
@@ -586,6 +619,7 @@ def test_a_kept_alive_connection_is_reused(sim, token):
     assert session.idle_connections() == 1
 
 
+@blocking_only
 def test_a_forked_child_makes_its_own_connections_and_the_parents_keep_working(sim, token):
     transport.close_sessions()
     spec = spec_for(sim.url, "create_listing", LISTING)
@@ -612,12 +646,12 @@ def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_reused(tiny
         conn.sendall(b'HTTP/1.1 201 Created\r\nContent-Length: 13\r\n\r\n{"id": "o-1"}')
 
     server = tiny(one_answer_then_close)
-    session = transport.new_session()
+    session = new_session()
     spec = RequestSpec("POST", f"{server.url}/private_offers/", None, (1,))
     for _ in range(2):
         result = send(spec, token, session=session)
         assert (result.status, result.error_kind) == (201, None)
-        time.sleep(0.1)  # idle: the server's close arrives
+        pause(0.1)  # idle: the server's close arrives
     assert server.connections == 2
 
 

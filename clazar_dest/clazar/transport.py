@@ -20,10 +20,15 @@ ours) and records whether a single byte of it was handed to the socket. ``error_
 
 With ``sent_then_failed``, ``read_timeout`` or ``deadline`` the status may still be set when the failure
 came while reading the body: Clazar answered, only the body is incomplete.
+
+``asend`` is the same on an asyncio event loop (a deliver run's): the same request bytes, answers and
+error kinds (tests/test_transport.py runs every case through both), its connections kept by an
+``AsyncSession`` of the run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import heapq
@@ -539,28 +544,55 @@ def _failure(
     return "sent_then_failed", f"{host} {how} after the request was sent; Clazar may have received it."
 
 
-def _read_body(conn: _Connection, encoding: str, max_body: int) -> tuple[bytes, bool]:
-    """Up to max_body bytes (decompressed), and whether there was more; never holds much more than that
-    (a compressed answer is inflated only up to the cap)."""
-    inflate = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in ("gzip", "x-gzip", "deflate") else None
-    chunks: list[bytes] = []
-    size = 0
-    while size <= max_body:
-        event = conn.next_event()
+class _Body:
+    """Collects an answer's body from h11's events: up to max_body bytes (decompressed), and whether there
+    was more; never holds much more than that (a compressed answer is inflated only up to the cap). The
+    same for the blocking and the asyncio transport."""
+
+    __slots__ = ("chunks", "inflate", "max_body", "size")
+
+    def __init__(self, encoding: str, max_body: int) -> None:
+        gzip = encoding in ("gzip", "x-gzip", "deflate")
+        self.inflate = zlib.decompressobj(32 + zlib.MAX_WBITS) if gzip else None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.max_body = max_body
+
+    @classmethod
+    def of(cls, response: Any, max_body: int) -> _Body:
+        encoding = next((v for k, v in response.headers if k == b"content-encoding"), b"")
+        return cls(encoding.decode("latin-1").strip().lower(), max_body)
+
+    @property
+    def full(self) -> bool:
+        return self.size > self.max_body
+
+    def take(self, event: Any) -> bool:
+        """Add one event; returns whether the body ended."""
         if isinstance(event, h11.EndOfMessage):
-            if inflate is not None:
-                chunks.append(inflate.flush())
-                size += len(chunks[-1])
-            break
+            if self.inflate is not None:
+                self.chunks.append(self.inflate.flush())
+                self.size += len(self.chunks[-1])
+            return True
         if not isinstance(event, h11.Data):
             raise h11.RemoteProtocolError(f"{type(event).__name__} inside the answer's body", 400)
         data = bytes(event.data)
-        if inflate is not None:
-            data = inflate.decompress(data, max_body + 1 - size)
-        chunks.append(data)
-        size += len(data)
-    data = b"".join(chunks)
-    return data[:max_body], size > max_body
+        if self.inflate is not None:
+            data = self.inflate.decompress(data, self.max_body + 1 - self.size)
+        self.chunks.append(data)
+        self.size += len(data)
+        return False
+
+    def result(self) -> tuple[bytes, bool]:
+        data = b"".join(self.chunks)
+        return data[: self.max_body], self.full
+
+
+def _read_body(conn: _Connection, response: Any, max_body: int) -> tuple[bytes, bool]:
+    body = _Body.of(response, max_body)
+    while not body.full and not body.take(conn.next_event()):
+        pass
+    return body.result()
 
 
 def _answer_headers(response: Any) -> dict[str, str]:
@@ -592,25 +624,9 @@ def send(
     than the rest of a send; see bench/client_overhead.py)."""
     if not isinstance(session, Session):
         raise TypeError("send() needs a session from transport.new_session() or session_for()")
-    method = spec.method.upper()
-    target = _target(spec.url)
-    call = _Call(method, target.shown, target.host)
-    headers, problem = _headers(spec, idempotency_key)
-    problem = problem or target.problem
-    if not token or _BAD_HEADER.search(token):
-        problem = problem or "The access token is empty or has a line break."
-    headers["Authorization"] = f"Bearer {token}"
-    call.request_headers = redact_headers(headers)
-    if problem:
-        return call.done(error_kind="invalid", error=f"Not sent: {problem}")
-    try:
-        request = h11.Request(
-            method=method,
-            target=target.request_uri,
-            headers=[("Host", target.host_header), *((k, v.encode("latin-1")) for k, v in headers.items())],
-        )
-    except (h11.LocalProtocolError, UnicodeError) as exc:
-        return call.done(error_kind="invalid", error=f"Not sent: a header can't be sent over HTTP ({exc}).")
+    call, target, request = _prepare(spec, token, idempotency_key)
+    if request is None:
+        return call.result
     timeouts = (connect_timeout, read_timeout, deadline)
     probe = _Probe()
     _watchdog.arm(probe, max(deadline, 0.001))
@@ -621,10 +637,7 @@ def send(
         conn = session.take(target.origin) or _connect(target, min(connect_timeout, deadline), probe)
         probe.sock = conn.sock
         conn.sock.settimeout(min(read_timeout, deadline))
-        data = conn.state.send(request)
-        if spec.body:
-            data += conn.state.send(h11.Data(data=spec.body))
-        data += conn.state.send(h11.EndOfMessage())
+        data = _request_bytes(conn.state, request, spec.body)
         if probe.expired:
             raise _Deadline("The deadline passed before the request was sent.")
         probe.sent = True  # before writing: a partial write may still reach Clazar
@@ -635,8 +648,7 @@ def send(
         if not isinstance(response, h11.Response):
             raise h11.RemoteProtocolError(f"{type(response).__name__} instead of an answer", 400)
         answer_headers = _answer_headers(response)
-        encoding = next((v for k, v in response.headers if k == b"content-encoding"), b"")
-        raw, truncated = _read_body(conn, encoding.decode("latin-1").strip().lower(), max_body)
+        raw, truncated = _read_body(conn, response, max_body)
         probe.finish()
         if probe.expired and not truncated:  # an EOF forced by the watchdog is not the end of the body
             raise _Deadline("The deadline passed while reading the answer.")
@@ -645,16 +657,250 @@ def send(
         if reusable:
             state.start_next_cycle()
     except (OSError, h11.ProtocolError, zlib.error) as exc:
-        answered = isinstance(response, h11.Response)
-        kind, message = _failure(exc, probe, conn, answered, call.host, timeouts)
-        if not answered:
-            return call.done(error_kind=kind, error=message)
-        message = f"Clazar answered HTTP {response.status_code}, but reading the answer failed: {message}"
-        return call.done(
-            status=response.status_code, headers=_answer_headers(response), error_kind=kind, error=message
-        )
+        return _failed(call, exc, probe, conn, response, timeouts)
     finally:
         probe.finish()  # the watchdog drops a finished probe
+        if conn is not None and reusable:
+            session.give(target.origin, conn)
+        elif conn is not None:
+            conn.close()  # after a truncated or failed read: the rest of the answer is never read
+    return call.done(**_answer(response.status_code, answer_headers, raw, truncated, max_body))
+
+
+def _prepare(spec: RequestSpec, token: str, idempotency_key: str | None) -> tuple[_Call, _Target, Any]:
+    """The call's record, its target and h11's request; the request is None when it can't be sent (the
+    call's ``result`` then says why)."""
+    method = spec.method.upper()
+    target = _target(spec.url)
+    call = _Call(method, target.shown, target.host)
+    headers, problem = _headers(spec, idempotency_key)
+    problem = problem or target.problem
+    if not token or _BAD_HEADER.search(token):
+        problem = problem or "The access token is empty or has a line break."
+    headers["Authorization"] = f"Bearer {token}"
+    call.request_headers = redact_headers(headers)
+    if problem:
+        call.result = call.done(error_kind="invalid", error=f"Not sent: {problem}")
+        return call, target, None
+    try:
+        request = h11.Request(
+            method=method,
+            target=target.request_uri,
+            headers=[("Host", target.host_header), *((k, v.encode("latin-1")) for k, v in headers.items())],
+        )
+    except (h11.LocalProtocolError, UnicodeError) as exc:
+        call.result = call.done(
+            error_kind="invalid", error=f"Not sent: a header can't be sent over HTTP ({exc})."
+        )
+        return call, target, None
+    return call, target, request
+
+
+def _request_bytes(state: h11.Connection, request: Any, body: bytes | None) -> bytes:
+    data = state.send(request)
+    if body:
+        data += state.send(h11.Data(data=body))
+    return data + state.send(h11.EndOfMessage())
+
+
+def _failed(
+    call: _Call,
+    exc: BaseException,
+    probe: Any,
+    conn: Any,
+    response: Any,
+    timeouts: tuple[float, float, float],
+) -> AttemptResult:
+    answered = isinstance(response, h11.Response)
+    kind, message = _failure(exc, probe, conn, answered, call.host, timeouts)
+    if not answered:
+        return call.done(error_kind=kind, error=message)
+    message = f"Clazar answered HTTP {response.status_code}, but reading the answer failed: {message}"
+    return call.done(
+        status=response.status_code, headers=_answer_headers(response), error_kind=kind, error=message
+    )
+
+
+# -- the same on an asyncio event loop ----------------------------------------------------------------
+
+
+class _Wire(asyncio.Protocol):
+    """One kept-alive connection on an event loop: what arrived, and h11's state of the exchange. A
+    protocol rather than asyncio's streams: a send is a write and a few reads, and streams cost more CPU
+    than the rest of the exchange."""
+
+    def __init__(self) -> None:
+        self.state = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False  # the server closed its side (or the connection was lost)
+        self.lost: BaseException | None = None
+        self.waiter: asyncio.Future | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.lost = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next_event(self, read_timeout: float) -> Any:
+        """h11's next event, waiting for data as needed (at most ``read_timeout`` seconds for each)."""
+        while True:
+            event = self.state.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if not self.buffer and not self.eof:
+                self.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    async with asyncio.timeout(read_timeout):
+                        await self.waiter
+                finally:
+                    self.waiter = None
+            if self.buffer:
+                data, self.buffer = bytes(self.buffer), bytearray()
+            elif self.lost is not None:
+                raise self.lost
+            else:
+                data = b""
+            self.state.receive_data(data)
+
+    def dropped(self) -> bool:
+        """Whether an idle connection was closed by the server (or has bytes nobody asked for), also when
+        the loop has not read that yet."""
+        if self.eof or self.buffer or self.transport is None or self.transport.is_closing():
+            return True
+        poller = select.poll()
+        poller.register(self.transport.get_extra_info("socket").fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class AsyncSession:
+    """The kept-alive connections of ``asend`` on one event loop: up to ``pool_size`` idle ones per
+    origin (a deliver run sends ``pool_size`` requests at once). Used from its loop only."""
+
+    def __init__(self, pool_size: int = POOL_SIZE) -> None:
+        self.pool_size = pool_size
+        self._idle: dict[tuple[str, str, int], list[_Wire]] = {}
+        self._closed = False
+
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    def take(self, origin: tuple[str, str, int]) -> _Wire | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if not conn.dropped():
+                return conn
+            conn.close()
+        return None
+
+    def give(self, origin: tuple[str, str, int], conn: _Wire) -> None:
+        idle = self._idle.setdefault(origin, [])
+        if not self._closed and len(idle) < self.pool_size:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+
+class _AsyncProbe:
+    """Whether the first byte of the request was handed to the connection, and whether the deadline
+    passed (``_failure`` reads both)."""
+
+    __slots__ = ("expired", "sent")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.expired = False
+
+
+async def _aconnect(target: _Target, timeout: float) -> _Wire:
+    loop = asyncio.get_running_loop()
+    https = target.scheme == "https"
+    async with asyncio.timeout(timeout):
+        _, conn = await loop.create_connection(  # TCP_NODELAY is asyncio's default
+            _Wire,
+            target.address,
+            target.port,
+            ssl=_tls_context(CA_BUNDLE) if https else None,
+            server_hostname=target.address if https else None,
+        )
+    return conn
+
+
+async def asend(
+    spec: RequestSpec,
+    token: str,
+    *,
+    session: AsyncSession,
+    idempotency_key: str | None,
+    connect_timeout: float,
+    read_timeout: float,
+    deadline: float,
+    max_body: int = 20_000,
+) -> AttemptResult:
+    """``send`` on an event loop: the same request, the same answers and the same ``error_kind`` for
+    every failure. A deliver run sends this way (one loop, many requests in flight: no thread per
+    request)."""
+    call, target, request = _prepare(spec, token, idempotency_key)
+    if request is None:
+        return call.result  # type: ignore[return-value]
+    timeouts = (connect_timeout, read_timeout, deadline)
+    probe = _AsyncProbe()
+    conn: _Wire | None = None
+    response: Any = None
+    reusable = False
+    limit = asyncio.timeout(max(deadline, 0.001))
+    try:
+        async with limit:
+            conn = session.take(target.origin) or await _aconnect(target, min(connect_timeout, deadline))
+            data = _request_bytes(conn.state, request, spec.body)
+            probe.sent = True  # before writing: a partial write may still reach Clazar
+            conn.transport.write(data)  # type: ignore[union-attr]
+            response = await conn.next_event(read_timeout)
+            while isinstance(response, h11.InformationalResponse):  # a 1xx precedes the real answer
+                response = await conn.next_event(read_timeout)
+            if not isinstance(response, h11.Response):
+                raise h11.RemoteProtocolError(f"{type(response).__name__} instead of an answer", 400)
+            answer_headers = _answer_headers(response)
+            body = _Body.of(response, max_body)
+            while not body.full and not body.take(await conn.next_event(read_timeout)):
+                pass
+            raw, truncated = body.result()
+        state = conn.state
+        reusable = not truncated and state.our_state is h11.DONE and state.their_state is h11.DONE
+        if reusable:
+            state.start_next_cycle()
+    except (OSError, h11.ProtocolError, zlib.error) as exc:  # TimeoutError is an OSError
+        probe.expired = limit.expired()
+        return _failed(call, exc, probe, conn, response, timeouts)
+    finally:
         if conn is not None and reusable:
             session.give(target.origin, conn)
         elif conn is not None:
@@ -708,6 +954,7 @@ class _Call:
         self.sent_at = datetime.now(UTC)
         self.started = time.monotonic()
         self.request_headers: dict[str, str] = {}
+        self.result: AttemptResult | None = None
 
     def done(self, **values: Any) -> AttemptResult:
         values.setdefault("status", None)

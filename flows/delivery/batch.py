@@ -1,4 +1,4 @@
-"""Group commit for the deliver threads: the database writes around each send, batched across threads.
+"""Group commit for a deliver run: the database writes around each send, batched across sends.
 
 Every send writes twice: the attempt row before the socket opens, and the outcome after the answer. With
 a pool of threads each doing that alone, the worker spends most of its time building and sending small
@@ -8,11 +8,15 @@ transaction for all the outcomes), then hands the turn to the first thread that 
 thread returns only once its own write is committed, so "the attempt is committed before the socket
 opens" holds for each send exactly as before. With one thread a batch is one write: the same path.
 
-The batches themselves are written with ``flows.bulk`` (one short statement for many rows).
+A deliver run's sends are coroutines on one event loop (``flows.delivery.engine.EventLoop``): they hand
+their writes in with ``asubmit`` and the writer thread hands the results of a batch back to the loop in one
+call. The batches themselves are written with ``flows.bulk`` (one short statement for many rows).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -27,15 +31,27 @@ Result = TypeVar("Result")
 
 
 class _Slot:
-    __slots__ = ("error", "item", "lead", "ready", "result", "shared")
+    __slots__ = ("error", "future", "item", "lead", "ready", "result")
 
-    def __init__(self, item: Any) -> None:
+    def __init__(self, item: Any, future: asyncio.Future | None = None) -> None:
         self.item = item
         self.result: Any = None
         self.error: BaseException | None = None
         self.lead = False
-        self.shared = False  # written in a batch with other threads' writes
         self.ready = threading.Event()
+        self.future = future  # a coroutine waits on this instead of the event (``asubmit``)
+
+
+def _settle(slots: list[_Slot]) -> None:
+    """On the coroutines' event loop: hand each its result."""
+    for slot in slots:
+        future = slot.future
+        if future is None or future.done():  # cancelled: the run is shutting down
+            continue
+        if slot.error is not None:
+            future.set_exception(slot.error)
+        else:
+            future.set_result(slot.result)
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -73,12 +89,7 @@ class GroupCommit(Generic[Item, Result]):
         with self._cond:
             self._waiting.append(slot)
             if self._writer:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._write_forever, name="group-commit", daemon=True
-                    )
-                    self._thread.start()
-                self._cond.notify()
+                self._wake_writer()
             else:
                 slot.lead = not self._busy
                 self._busy = True
@@ -86,11 +97,29 @@ class GroupCommit(Generic[Item, Result]):
             slot.ready.wait()
         if slot.lead:  # this thread writes the batch (its own write included)
             self._write_waiting()
-        if slot.error is not None and slot.shared:
-            return self._write_one(item)
         if slot.error is not None:
             raise slot.error
         return slot.result
+
+    async def asubmit(self, item: Item) -> Result:
+        """``submit`` for a coroutine on an event loop (``writer=True`` only): it waits without holding a
+        thread, and the writer thread hands the results of a batch to the loop in one call."""
+        if not self._writer:
+            raise RuntimeError("asubmit needs a GroupCommit with a writer thread")
+        future = asyncio.get_running_loop().create_future()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("this GroupCommit is closed")
+            self._waiting.append(_Slot(item, future))
+            self._wake_writer()
+        return await future
+
+    def _wake_writer(self) -> None:
+        """(holding the condition)"""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write_forever, name="group-commit", daemon=True)
+            self._thread.start()
+        self._cond.notify()
 
     def close(self) -> None:
         """Stop the writer thread once every write handed in is written."""
@@ -120,11 +149,12 @@ class GroupCommit(Generic[Item, Result]):
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
         except Exception as exc:  # nothing of the batch was written
-            log.warning("a batch of %s writes failed (%s); each is written again alone", len(batch), exc)
-            for slot in batch:
-                slot.error = exc
-                slot.shared = len(batch) > 1
             connections["default"].close_if_unusable_or_obsolete()  # a broken connection: reconnect
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                log.warning("a batch of %s writes failed (%s); each is written again alone", len(batch), exc)
+                self._write_alone(batch)
         finally:
             self.batches += 1
             with self._cond:
@@ -133,6 +163,21 @@ class GroupCommit(Generic[Item, Result]):
                     self._waiting[0].ready.set()
                 elif not self._writer:
                     self._busy = False
+            waiting: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
             for slot in batch:
                 slot.lead = False
                 slot.ready.set()
+                if slot.future is not None:
+                    waiting.setdefault(slot.future.get_loop(), []).append(slot)
+            for loop, slots in waiting.items():
+                with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                    loop.call_soon_threadsafe(_settle, slots)
+
+    def _write_alone(self, batch: list[_Slot]) -> None:
+        """After a batch failed: each write alone, so one write's trouble fails only that write."""
+        for slot in batch:
+            try:
+                slot.result = self._write_one(slot.item)
+            except Exception as exc:
+                slot.error = exc
+                connections["default"].close_if_unusable_or_obsolete()

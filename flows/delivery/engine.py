@@ -1,18 +1,20 @@
 """The deliver loop of one destination (DESIGN.md section 6): what a ``flows.deliver`` wake-up runs.
 
-``run`` plans new records, then ``process_due`` keeps a pool of threads busy: for every free thread it
-takes budget from the credential's shared bucket, claims that many due deliveries and hands them to the
-threads (``send.deliver_one``); it claims up to twice the threads, a batch at a time, so claiming is
-amortised and no thread waits for the next claim. It stops when nothing is due (a delivery blocked behind an older update of
+``run`` plans new records, then ``process_due`` keeps up to DELIVERY_THREADS sends in flight: for every
+free slot it takes budget from the credential's shared bucket, claims that many due deliveries and hands
+them to the run's event loop (``EventLoop``: each send is a coroutine, ``send.deliver_with``, on one
+thread; a request in flight costs no thread); it claims up to twice the slots, a batch at a time, so
+claiming is amortised and no send waits for the next claim. It stops when nothing is due (a delivery blocked behind an older update of
 the same target becomes claimable when that one finishes, so the loop waits for in-flight sends before
 deciding), when the destination is no longer active (deactivate stops new sends within half a second:
 claimed deliveries not yet started are given back; in-flight requests finish and are recorded), when the credential is paused by a 429 for more than a few
 seconds, or after DELIVERY_SLICE_SECONDS, when it wakes itself again so other destinations get a turn.
 
-Threads: the attempts, outcomes and response records are written by writer threads
-(``batch.GroupCommit``), so a sending thread uses a database connection only off the common path (a
-401, a lookup, the breaker), closed when the pool shuts down. ``threads=0`` runs everything in the calling
-thread (tests inside a transaction use that).
+Threads: the loop's own, the writer threads that write the attempts, outcomes and response records in
+batches (``batch.GroupCommit``), and ``EventLoop.DB_THREADS`` threads for a send's steps off the common
+path (a 401, a lookup, the breaker, a 429 pause), whose connections close when the run ends; this loop's
+thread claims and plans. ``threads=0`` runs everything in the calling thread with blocking sends (tests
+inside a transaction use that): the same code (``flows.sending.Blocking``).
 
 Circuit breaker probe: an auto-paused destination whose ``probe_at`` is due sends its oldest pending
 delivery (one worker wins the conditional update of ``probe_at``); when that does not fail server-side,
@@ -21,6 +23,9 @@ the destination is active again and the loop carries on.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
 import logging
 import queue
 import threading
@@ -36,8 +41,9 @@ from django.utils import timezone
 
 from flows import audit, ratelimit
 from flows.delivery import claims, planner
-from flows.delivery.send import Context, count, deliver_one
+from flows.delivery.send import Context, count, deliver_one, deliver_with
 from flows.models import Credential, Delivery, Destination
+from flows.sending import BLOCKING, Blocking, OnLoop, drive
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +51,22 @@ GATE_SECONDS = 0.5  # how stale the destination/credential status may be inside 
 SHORT_PAUSE = 5.0  # a 429 pause up to this long is waited out; longer ones end the run
 
 
-class Pool:
-    """A fixed set of threads running jobs from a queue; knows how many are busy."""
+class _Counts:
+    """How many jobs are waiting or running (``busy``) and how many finished, for the run's loop."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    size: int
+
+    def __init__(self) -> None:
         self.busy = 0
         self.finished = 0
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._cond = threading.Condition()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"deliver-{i}", daemon=True) for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
 
     def free(self) -> int:
-        """Room for more jobs: up to twice the threads may be claimed, so a claim is a batch and the
-        threads never wait for the next one. Zero until at least a thread's worth of room is free."""
+        """Room for more jobs: up to twice the pool's size may be claimed, so a claim is a batch and the
+        pool never waits for the next one. Zero until at least the size's worth of room is free."""
         with self._cond:
             room = 2 * self.size - self.busy
             return room if room >= self.size else 0
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        with self._cond:
-            self.busy += 1
-        self._jobs.put((fn, args))
 
     def wait_free(self, timeout: float) -> None:
         with self._cond:
@@ -80,6 +76,49 @@ class Pool:
         """Until a job finishes after ``seen`` had (or the pool is idle)."""
         with self._cond:
             self._cond.wait_for(lambda: self.finished != seen or self.busy == 0, timeout)
+
+    def _started(self) -> None:
+        with self._cond:
+            self.busy += 1
+
+    def _ended(self) -> None:
+        with self._cond:
+            self.busy -= 1
+            self.finished += 1
+            self._cond.notify_all()
+
+
+class Pool(_Counts):
+    """A fixed set of threads running jobs from a queue (the database work of an ``EventLoop``)."""
+
+    def __init__(self, size: int, name: str = "deliver") -> None:
+        super().__init__()
+        self.size = size
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._started()
+        self._jobs.put((fn, args))
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Run ``fn`` on a thread of the pool; its result (or exception) comes back in the future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def job() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+
+        self.submit(job)
+        return future
 
     def close(self) -> None:
         for _ in self._threads:
@@ -99,12 +138,74 @@ class Pool:
                 except Exception:  # the lease expires and the sweeper resolves the delivery
                     log.exception("deliver thread: %s failed", getattr(fn, "__name__", fn))
                 finally:
-                    with self._cond:
-                        self.busy -= 1
-                        self.finished += 1
-                        self._cond.notify_all()
+                    self._ended()
         finally:
             connections.close_all()
+
+
+class EventLoop(_Counts):
+    """The sends of a deliver run as coroutines on one event loop, in a thread of its own: up to ``size``
+    requests in flight (each on a kept-alive connection of the run) without a thread per request. The
+    database steps of a send (its writes go through the run's group commits; the rare ones, such as a 429
+    pause or a lookup, run on ``DB_THREADS`` threads) never block the loop. A job is a coroutine function
+    taking the run's ``flows.sending.OnLoop`` first, or a plain function (run on those threads)."""
+
+    DB_THREADS = 4
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.db = Pool(self.DB_THREADS, name="deliver-db")
+        self.way = OnLoop(self.db.call, size)
+        self._loop = asyncio.new_event_loop()
+        self._slots: asyncio.Semaphore | None = None
+        self._incoming: list[tuple[Callable[..., Any], tuple]] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="deliver-loop", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._cond:
+            self.busy += 1
+            self._incoming.append((fn, args))
+            first = len(self._incoming) == 1
+        if first:  # one wake-up of the loop for a claim's worth of jobs
+            self._loop.call_soon_threadsafe(self._start)
+
+    def close(self) -> None:
+        """Once every job submitted has finished: close the run's connections and stop the loop."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.busy == 0)
+        asyncio.run_coroutine_threadsafe(self._shut(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self.db.close()
+
+    async def _shut(self) -> None:
+        self.way.session.close()
+
+    def _start(self) -> None:
+        with self._cond:
+            jobs, self._incoming = self._incoming, []
+        for fn, args in jobs:
+            task = self._loop.create_task(self._job(fn, args))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _job(self, fn: Callable[..., Any], args: tuple) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.size)
+        try:
+            async with self._slots:
+                if inspect.iscoroutinefunction(fn):
+                    await fn(self.way, *args)
+                else:
+                    await self.way.call(fn, *args)
+        except Exception:  # the lease expires and the sweeper resolves the delivery
+            log.exception("deliver loop: %s failed", getattr(fn, "__name__", fn))
+        finally:
+            self._ended()
 
 
 class _Inline:
@@ -117,7 +218,10 @@ class _Inline:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
-            fn(*args)
+            if inspect.iscoroutinefunction(fn):
+                drive(fn(BLOCKING, *args))
+            else:
+                fn(*args)
         finally:
             self.finished += 1
 
@@ -218,7 +322,7 @@ def _run_loop(
     if ctx.destination.status == Destination.Status.AUTO_PAUSED and not probe(ctx, lease, tally):
         return
     _plan(destination_id)
-    pool: Pool | _Inline = Pool(size) if size > 0 else _Inline()
+    pool: EventLoop | _Inline = EventLoop(size) if size > 0 else _Inline()
     gate = _Gate(ctx)
     rearmed = False
     try:
@@ -280,16 +384,20 @@ def _plan(destination_id: int) -> int:
     return planner.plan_chunk(destination_id, settings.DELIVERY_PLAN_CHUNK)
 
 
-def _send(row: Delivery, ctx: Context, tally: Counter) -> None:
+async def _send(way: Blocking, row: Delivery, ctx: Context, tally: Counter) -> None:
     if ctx.halt.is_set():  # deactivated, auto-paused or rate limited since the claim: nothing sent
-        if claims.release(row):
-            ratelimit.refund(ctx.credential, 1)
-            count(tally, "released")
+        await way.call(_give_back, row, ctx, tally)
         return
-    deliver_one(row, ctx, tally)
+    await deliver_with(way, row, ctx, tally)
 
 
-def _settle_unknown(ctx: Context, pool: Pool | _Inline, lease: float, tally: Counter) -> None:
+def _give_back(row: Delivery, ctx: Context, tally: Counter) -> None:
+    if claims.release(row):
+        ratelimit.refund(ctx.credential, 1)
+        count(tally, "released")
+
+
+def _settle_unknown(ctx: Context, pool: EventLoop | _Inline, lease: float, tally: Counter) -> None:
     """Look up unknown outcomes that are due (after a crash, or a lookup that failed before)."""
     from flows.delivery.reconcile import settle
 

@@ -4,8 +4,9 @@ The order matters: the Attempt row is committed as ``sending`` before the socket
 classified by ``flows.outcomes.classify``; then the attempt and the delivery are written in one
 transaction, fenced on (state, attempts) so a worker that lost its lease can't overwrite what the sweeper
 decided, except to settle an ``unknown`` the sweeper set while the answer was still on its way.
-Both writes are group commits across the deliver run's threads (``flows.delivery.batch``): a thread
-waits until the batch holding its write is committed, so the order above holds for every send. The
+Both writes are group commits across the deliver run's sends (``flows.delivery.batch``): a send waits
+until the batch holding its write is committed, so the order above holds for every send. A send is written
+once (``deliver_with``) and runs blocking (``deliver_one``) or on the run's event loop. The
 credential's API base and token come from a view of its row shared by the run and refreshed by its loop
 (``tokens.CredentialView``).
 
@@ -38,7 +39,7 @@ from flows.config import DestinationConfig, scan_headers
 from flows.delivery.batch import GroupCommit
 from flows.models import Attempt, Credential, Delivery, Destination, Record
 from flows.outcomes import RETRY_AFTER_MAX, RETRY_AFTER_MIN, Outcome, classify, retry_after_seconds
-from flows.sending import send_for_credential
+from flows.sending import BLOCKING, Blocking, drive, send_with
 
 log = logging.getLogger(__name__)
 
@@ -134,16 +135,29 @@ def exchange(
     ``in_round``-th try of the current retry schedule (default: ``number``). The caller closes the attempt
     (``close_attempt`` or ``write_outcomes``) together with its own write. Shared with Send Test Data. ``view`` and ``opener``:
     the deliver run's shared credential view and attempt batches."""
+    return drive(exchange_with(BLOCKING, delivery, spec, number, credential_id, in_round, view, opener))
+
+
+async def exchange_with(
+    way: Blocking,
+    delivery: Delivery,
+    spec: RequestSpec,
+    number: int,
+    credential_id: int,
+    in_round: int | None = None,
+    view: tokens.CredentialView | None = None,
+    opener: GroupCommit[Attempt, Attempt] | None = None,
+) -> Exchange:
+    """``exchange`` with its steps carried out ``way`` (``flows.sending.Blocking``)."""
     endpoint = BY_KEY.get(spec.endpoint)
     risky = unsafe(spec.method, spec.endpoint)
     attempt = new_attempt(delivery, spec, number)
     if opener is not None:
-        opener.submit(attempt)
+        await way.write(opener, attempt)
     else:
-        open_attempts([attempt])
-    result = send_for_credential(
-        spec, credential_id, idempotency_key=str(delivery.idempotency_key) if risky else None, view=view
-    )
+        await way.call(open_attempts, [attempt])
+    key = str(delivery.idempotency_key) if risky else None
+    result = await send_with(way, spec, credential_id, idempotency_key=key, view=view)
     outcome = classify(
         method=spec.method,
         creates_or_publishes=risky,
@@ -177,25 +191,33 @@ def spec_for(delivery: Delivery, headers: tuple[tuple[str, str], ...] = ()) -> R
 
 def deliver_one(delivery: Delivery, ctx: Context, tally: Counter | None = None) -> str:
     """Send one claimed delivery and settle it; returns the state it ended in."""
+    return drive(deliver_with(BLOCKING, delivery, ctx, tally))
+
+
+async def deliver_with(way: Blocking, delivery: Delivery, ctx: Context, tally: Counter | None = None) -> str:
+    """``deliver_one`` with its steps carried out ``way``: in the calling thread, or on a deliver run's
+    event loop (``flows.sending.OnLoop``), where every database step is handed to a thread."""
     in_round = max(delivery.attempts - delivery.attempts_base, 1)
     spec = spec_for(delivery, ctx.headers)
-    ex = exchange(
-        delivery, spec, delivery.attempts, ctx.credential.pk, in_round, view=ctx.view, opener=ctx.opener
+    ex = await exchange_with(
+        way, delivery, spec, delivery.attempts, ctx.credential.pk, in_round, ctx.view, ctx.opener
     )
-    state = record(delivery, ex, ctx.recorder)
+    state = await way.write(ctx.recorder, outcome_write(delivery, ex))
     if tally is not None:
         count(tally, state)
     if ex.result.status == 429:
-        pause_credential(ctx.credential, ex)
+        await way.call(pause_credential, ctx.credential, ex)
         ctx.changed.set()
-    if breaker(ctx, ex):
+    if (ex.outcome.counts_for_breaker or (ex.result.status is not None and ctx.failing)) and await way.call(
+        breaker, ctx, ex
+    ):
         ctx.changed.set()
     if state == Delivery.State.UNKNOWN:
         from flows.delivery.reconcile import settle
 
-        state = settle(delivery, ctx)
-    elif state in FINAL:
-        finished(delivery.pk, ctx)
+        state = await way.call(settle, delivery, ctx)
+    elif state in FINAL and ctx.responses:
+        await way.write(ctx.responder, delivery.pk)
     return state
 
 
@@ -217,6 +239,12 @@ class Written:
 def record(delivery: Delivery, ex: Exchange, recorder: GroupCommit[Written, str] | None = None) -> str:
     """Write the attempt and the delivery's new state (in one transaction, batched with the other threads'
     through ``recorder``); return the delivery's state."""
+    written = outcome_write(delivery, ex)
+    return recorder.submit(written) if recorder is not None else write_outcomes([written])[0]
+
+
+def outcome_write(delivery: Delivery, ex: Exchange) -> Written:
+    """The write that closes the attempt and moves the delivery on (``write_outcomes``)."""
     now = timezone.now()
     outcome, result = ex.outcome, ex.result
     state = STATE_FOR.get(outcome.action, Delivery.State.FAILED)
@@ -239,8 +267,7 @@ def record(delivery: Delivery, ex: Exchange, recorder: GroupCommit[Written, str]
         # Held by this worker for the lookup that follows at once.
         fields["next_attempt_at"] = now
         fields["lease_until"] = now + timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
-    written = Written(delivery, ex, fields)
-    return recorder.submit(written) if recorder is not None else write_outcomes([written])[0]
+    return Written(delivery, ex, fields)
 
 
 def write_outcomes(batch: list[Written]) -> list[str]:
