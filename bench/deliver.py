@@ -15,7 +15,7 @@ see NODELAY), with ``--latency`` on every call and no rate limit. Five figures:
    N / latency per second, nor a single Python process about 1,000 requests/s here: the capacity is
    what the simulator answers when neither limits it.)
 3. **engine**: a backlog of ``--records`` records, ``--workers`` Celery worker processes (solo pool,
-   ``--threads`` each) plus beat, from activation to the last delivery: records/s, and record-to-delivered
+   ``--threads`` sends in flight each) plus beat, from activation to the last delivery: records/s, and record-to-delivered
    latency (from the later of the record's arrival and the activation) p50/p95, which for a backlog is
    mostly time in the queue; each record created once; CPU seconds per process kind (PostgreSQL's
    include the backends that ended).
@@ -377,8 +377,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
-    # The most DELIVERY_THREADS allows, the engine's best here; a deliver task holds about four database
-    # connections whatever the threads (they write through writer threads).
+    # The most DELIVERY_THREADS allows, the engine's best here: sends in flight per deliver task, on its
+    # event loop; the task holds a few database connections however many are in flight.
     parser.add_argument("--threads", type=int, default=64, help="DELIVERY_THREADS per worker")
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--naive", type=int, default=500, help="records for the naive loop")

@@ -7,7 +7,7 @@ sequential ``requests`` loop over the same kind of request in the same run.
 bench/deliver.py measures the whole system (workers, PostgreSQL, the simulator and Celery on one machine);
 when the simulator is the limit there, the engine's own cost does not show. Here ``engine.process_due``
 (what a ``flows.deliver`` task runs: claims, attempts committed before sending, the transport, outcomes,
-all with ``--threads`` threads and the writer threads) runs in this process over ``--records`` planned
+with up to ``--threads`` sends in flight on the run's event loop, and its writer threads) runs in this process over ``--records`` planned
 Create Private Offer deliveries, with the Clazar simulator in a process of its own (``--latency`` on
 every call, no rate limit) and PostgreSQL from DATABASE_URL (its own database, ``clazar_bench_deliver``,
 as bench/deliver.py). Prints deliveries/s and this process's CPU microseconds per delivery (planning
@@ -90,7 +90,7 @@ def main() -> None:
     per_delivery = used / args.records * 1e6
     print(f"planning                                  {plan_us:8.0f} µs CPU per record")
     print(
-        f"engine, {args.threads:3d} threads, {args.latency * 1000:.0f} ms latency        "
+        f"engine, {args.threads:3d} in flight, {args.latency * 1000:.0f} ms latency      "
         f"{per_delivery:8.0f} µs CPU per delivery   {args.records / elapsed:7.1f} deliveries/s"
     )
     print(f"naive sequential requests loop            {naive:8.0f} µs CPU per request")

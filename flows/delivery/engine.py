@@ -184,6 +184,7 @@ class EventLoop(_Counts):
 
     async def _shut(self) -> None:
         self.way.session.close()
+        await self._loop.shutdown_default_executor()  # its name lookups (getaddrinfo) for new connections
 
     def _start(self) -> None:
         with self._cond:
