@@ -191,7 +191,8 @@ def _fetch(credential: Credential) -> Token | AuthError:
 
 
 def session(credential: Credential) -> transport.Session:
-    """The credential's keep-alive session in this process: one connection kept per deliver thread."""
+    """The credential's keep-alive session in this process for blocking sends (Send Test Data, lookups,
+    the breaker's probe; a deliver run's own sends keep their connections on its event loop)."""
     return transport.session_for(str(credential.uuid), pool_size=settings.DELIVERY_THREADS)
 
 

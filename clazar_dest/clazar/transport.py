@@ -61,9 +61,9 @@ from clazar_dest.clazar.spec import RequestSpec
 log = logging.getLogger(__name__)
 
 MAX_SESSIONS = 32
-# Connections kept alive per session unless the caller says (flows passes DELIVERY_THREADS, so each
-# sending thread keeps its own). A pool smaller than the threads closes a connection after each send
-# beyond its size: a new TCP connection, and a new thread in a threaded server, per request.
+# Connections kept alive per session unless the caller says (flows passes DELIVERY_THREADS). A pool smaller
+# than the requests in flight closes a connection after each send beyond its size: a new TCP connection,
+# and a new thread in a threaded server, per request.
 POOL_SIZE = 8
 REDACTED = "****"
 MAX_HEAD = 65_536  # the status line and headers of an answer
