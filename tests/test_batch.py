@@ -6,6 +6,7 @@ as seen by Clazar's side of the socket."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections import Counter
@@ -100,7 +101,9 @@ def on_a_loop(count: int, group: GroupCommit, delay=lambda i: 0.0) -> list:
     async def every() -> list:
         return await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
 
-    return asyncio.run(every())
+    # In a thread of its own, as a deliver run's loop (the browser tests leave a loop on the main thread).
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, every()).result(60)
 
 
 def test_coroutines_on_an_event_loop_get_their_own_results_from_shared_batches():

@@ -46,37 +46,40 @@ def spec_for(base: str, key: str, body: object | None, object_id: str | None = N
 
 # Every test sends with the blocking transport (``transport.send``) and again with its asyncio twin
 # (``transport.asend``, what the deliver loop uses): the same answers, the same error kinds.
-_mode: dict = {"name": "blocking", "runner": None}
+_mode: dict = {"name": "blocking", "loop": None}
 blocking_only = pytest.mark.parametrize("transport_mode", ["blocking"], indirect=True)
 
 
 @pytest.fixture(autouse=True, params=["blocking", "asyncio"])
 def transport_mode(request) -> Iterator[str]:
+    """For asyncio, one event loop for the whole test (kept-alive connections live on it), running in a
+    thread of its own as a deliver run's does (so it runs all the time, and whatever the test's thread
+    has: the browser tests' Playwright leaves a loop on the main thread)."""
     _mode["name"] = request.param
-    with asyncio.Runner() as runner:  # one loop for the whole test: kept-alive connections live on it
-        _mode["runner"] = runner
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    _mode["loop"] = loop
+    try:
         yield request.param
-        _mode["runner"] = None
-    _mode["name"] = "blocking"
+    finally:
+        _mode["name"], _mode["loop"] = "blocking", None
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def new_session():
     return transport.AsyncSession() if _mode["name"] == "asyncio" else transport.new_session()
 
 
-def pause(seconds: float) -> None:
-    """Wait (with the event loop running, as a deliver run's loop always is)."""
-    if _mode["name"] == "asyncio":
-        _mode["runner"].run(asyncio.sleep(seconds))
-    else:
-        time.sleep(seconds)
-
-
 def send(spec: RequestSpec, token: str, **overrides):
     options = {"session": overrides.pop("session", None) or new_session(), "idempotency_key": None, **FAST}
     options.update(overrides)
     if _mode["name"] == "asyncio":
-        return _mode["runner"].run(transport.asend(spec, token, **options))
+        return asyncio.run_coroutine_threadsafe(
+            transport.asend(spec, token, **options), _mode["loop"]
+        ).result(60)
     return transport.send(spec, token, **options)
 
 
@@ -651,7 +654,7 @@ def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_reused(tiny
     for _ in range(2):
         result = send(spec, token, session=session)
         assert (result.status, result.error_kind) == (201, None)
-        pause(0.1)  # idle: the server's close arrives
+        time.sleep(0.1)  # idle: the server's close arrives
     assert server.connections == 2
 
 
