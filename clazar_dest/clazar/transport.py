@@ -765,11 +765,13 @@ class _Wire(asyncio.Protocol):
             if event is not h11.NEED_DATA:
                 return event
             if not self.buffer and not self.eof:
-                self.waiter = asyncio.get_running_loop().create_future()
+                loop = asyncio.get_running_loop()
+                self.waiter = waiter = loop.create_future()
+                timer = loop.call_later(read_timeout, _time_out, waiter)  # lighter than asyncio.timeout
                 try:
-                    async with asyncio.timeout(read_timeout):
-                        await self.waiter
+                    await waiter
                 finally:
+                    timer.cancel()
                     self.waiter = None
             if self.buffer:
                 data, self.buffer = bytes(self.buffer), bytearray()
@@ -791,6 +793,11 @@ class _Wire(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _time_out(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class AsyncSession:

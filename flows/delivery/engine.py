@@ -60,6 +60,7 @@ class _Counts:
         self.busy = 0
         self.finished = 0
         self._cond = threading.Condition()
+        self._watching = 0  # threads in wait_progress
 
     def free(self) -> int:
         """Room for more jobs: up to twice the pool's size may be claimed, so a claim is a batch and the
@@ -75,7 +76,11 @@ class _Counts:
     def wait_progress(self, seen: int, timeout: float) -> None:
         """Until a job finishes after ``seen`` had (or the pool is idle)."""
         with self._cond:
-            self._cond.wait_for(lambda: self.finished != seen or self.busy == 0, timeout)
+            self._watching += 1
+            try:
+                self._cond.wait_for(lambda: self.finished != seen or self.busy == 0, timeout)
+            finally:
+                self._watching -= 1
 
     def _started(self) -> None:
         with self._cond:
@@ -85,7 +90,10 @@ class _Counts:
         with self._cond:
             self.busy -= 1
             self.finished += 1
-            self._cond.notify_all()
+            # Wake the run's loop only when it has something to do: room for a claim (or all done), or
+            # it waits for any progress. Not at every send while a full claim's worth is queued.
+            if self.busy <= self.size or self._watching:
+                self._cond.notify_all()
 
 
 class Pool(_Counts):
