@@ -1,7 +1,8 @@
 """What one request to Clazar costs the sending process in CPU, at the engine's concurrency: the engine's
-way (a pool of threads, each calling ``transport.send``) beside one asyncio event loop holding as many
-keep-alive connections (a bare HTTP/1.1 exchange over ``asyncio`` streams: the floor any event-loop
-worker could approach, with none of the transport's checks). No database: this isolates the client.
+way (coroutines on one event loop, each calling ``transport.asend``) beside its earlier way (a pool of
+threads, each calling ``transport.send``) and a bare HTTP/1.1 exchange over ``asyncio`` streams on as
+many keep-alive connections (the floor any event-loop worker could approach, with none of the
+transport's checks). No database: this isolates the client.
 
     .venv/bin/python bench/client_overhead.py [--concurrency 64] [--requests 4000] [--latency 0.05]
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from deliver import Sim  # noqa: E402
+from deliver import Sim, bare_client  # noqa: E402
 
 from clazar_dest.clazar import transport  # noqa: E402
 from clazar_dest.clazar.spec import RequestSpec  # noqa: E402
@@ -43,7 +44,8 @@ def measure(name: str, count: int, run: Callable[[], None]) -> dict[str, float]:
 
 
 def threads(sim: Sim, token: str, concurrency: int, count: int) -> None:
-    """The engine's way: ``concurrency`` threads sharing one session, each sending until none are left."""
+    """The engine's way until it moved to an event loop: ``concurrency`` threads sharing one session, each
+    sending until none are left."""
     session = transport.new_session(concurrency)
     spec = RequestSpec("POST", f"{sim.url}/private_offers/", BODY, (1,))
     left, lock = [count], threading.Lock()
@@ -73,34 +75,41 @@ def threads(sim: Sim, token: str, concurrency: int, count: int) -> None:
         thread.join()
 
 
-async def _connection(port: int, token: str, left: list[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (
-        f"POST /private_offers/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode()
-    try:
+def event_loop(sim: Sim, token: str, concurrency: int, count: int) -> None:
+    """The engine's way: ``concurrency`` coroutines on one event loop, each calling ``transport.asend``
+    on the loop's kept-alive connections until none are left."""
+    spec = RequestSpec("POST", f"{sim.url}/private_offers/", BODY, (1,))
+    left = [count]
+
+    async def work(session: transport.AsyncSession) -> None:
         while left[0] > 0:
             left[0] -= 1
-            writer.write(head + BODY)
-            await writer.drain()
-            status = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            json.loads(await reader.readexactly(length))
-            if b" 201 " not in status:
-                raise RuntimeError(f"unexpected answer: {status!r}")
-    finally:
-        writer.close()
+            result = await transport.asend(
+                spec,
+                token,
+                session=session,
+                idempotency_key=None,
+                connect_timeout=5,
+                read_timeout=30,
+                deadline=60,
+            )
+            if result.status != 201:
+                raise RuntimeError(f"unexpected answer: {result.status} {result.error}")
+
+    async def run() -> None:
+        session = transport.AsyncSession(concurrency)
+        try:
+            await asyncio.gather(*(work(session) for _ in range(concurrency)))
+        finally:
+            session.close()
+
+    asyncio.run(run())
 
 
-def event_loop(sim: Sim, token: str, concurrency: int, count: int) -> None:
+def bare(sim: Sim, token: str, concurrency: int, count: int) -> None:
     async def run() -> None:
         left = [count]
-        await asyncio.gather(*(_connection(sim.port, token, left) for _ in range(concurrency)))
+        await asyncio.gather(*(bare_client(sim.url, token, None, str(n), left) for n in range(concurrency)))
 
     asyncio.run(run())
 
@@ -121,7 +130,8 @@ def main() -> None:
         token = sim.token()
         c, n = args.concurrency, args.requests
         measure(f"{c} threads, transport.send", n, lambda: threads(sim, token, c, n))
-        measure(f"asyncio, {c} connections, bare HTTP/1.1", n, lambda: event_loop(sim, token, c, n))
+        measure(f"asyncio, {c} in flight, transport.asend", n, lambda: event_loop(sim, token, c, n))
+        measure(f"asyncio, {c} connections, bare HTTP/1.1", n, lambda: bare(sim, token, c, n))
     finally:
         sim.stop()
 

@@ -11,7 +11,9 @@ see NODELAY), with ``--latency`` on every call and no rate limit. Five figures:
    records; its rate does not depend on the count).
 2. **simulator capacity**: a load generator with no app: ``workers x threads`` client threads (and 4x as
    many) in one process, and both again spread over ``workers`` processes, POSTing as fast as the
-   simulator answers; the best of the four is the capacity. (A load generator with N clients can't pass
+   simulator answers; then ``workers x threads`` bare keep-alive connections on an event loop, in one
+   process and over ``workers`` (the lightest client: ``requests`` in threads costs more CPU per request
+   than the engine does); the best of the six is the capacity. (A load generator with N clients can't pass
    N / latency per second, nor a single Python process about 1,000 requests/s here: the capacity is
    what the simulator answers when neither limits it.)
 3. **engine**: a backlog of ``--records`` records, ``--workers`` Celery worker processes (solo pool,
@@ -28,6 +30,7 @@ see NODELAY), with ``--latency`` on every call and no rate limit. Five figures:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
@@ -128,20 +131,72 @@ def naive(sim: Sim, rows: list[dict]) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
-def capacity(sim: Sim, clients: int, seconds: float, processes: int = 1) -> float:
-    """Requests/s the simulator answers with ``clients`` threads sending back to back (no app), spread
-    over ``processes`` load-generator processes (a single Python process can be the limit itself)."""
+def capacity(sim: Sim, clients: int, seconds: float, processes: int = 1, bare: bool = False) -> float:
+    """Requests/s the simulator answers with ``clients`` clients sending back to back (no app), spread
+    over ``processes`` load-generator processes (a single Python process can be the limit itself):
+    ``requests`` in threads, or with ``bare`` keep-alive connections on one event loop per process
+    writing prepared bytes (``_load_bare``: the lightest client, so the simulator is the limit)."""
     token = sim.token()
     stop = time.time() + seconds
     started = time.perf_counter()
+    load = _load_bare if bare else _load
     if processes == 1:
-        ok = _load(sim.url, token, clients, stop)
+        ok = load(sim.url, token, clients, stop)
     else:
         context = multiprocessing.get_context("fork")
         with context.Pool(processes) as pool:
             share = [(sim.url, token, clients // processes, stop)] * processes
-            ok = sum(pool.starmap(_load, share))
+            ok = sum(pool.starmap(load, share))
     return ok / (time.perf_counter() - started)
+
+
+def _load_bare(url: str, token: str, clients: int, stop: float) -> int:
+    """``clients`` keep-alive connections on one event loop POSTing until ``stop``; returns the 201s."""
+
+    async def run() -> int:
+        counts = await asyncio.gather(
+            *(bare_client(url, token, stop, f"{os.getpid()}-{n}") for n in range(clients))
+        )
+        return sum(counts)
+
+    return asyncio.run(run())
+
+
+async def bare_client(
+    url: str, token: str, stop: float | None, name: str, count: list[int] | None = None
+) -> int:
+    """One keep-alive connection POSTing offers back to back until ``stop`` (epoch seconds) or, with
+    ``count``, while ``count[0]`` (shared by the clients) is above zero: a bare HTTP/1.1 exchange over
+    asyncio streams with none of the transport's checks. Returns the 201s."""
+    port = int(url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    created = i = 0
+    try:
+        while (stop is None or time.time() < stop) and (count is None or count[0] > 0):
+            if count is not None:
+                count[0] -= 1
+            i += 1
+            body = json.dumps(
+                {"name": f"cap {name}-{i}", "listing": "lst-1", "buyer": "123456789012"}
+            ).encode()
+            writer.write(
+                f"POST /private_offers/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/json\r\nAccept: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                field, _, value = line.partition(b":")
+                if field.strip().lower() == b"content-length":
+                    length = int(value)
+            json.loads(await reader.readexactly(length))
+            created += b" 201 " in status
+    finally:
+        writer.close()
+    return created
 
 
 def _load(url: str, token: str, clients: int, stop: float) -> int:
@@ -428,6 +483,13 @@ def main() -> None:
         results[f"sim_capacity_{clients * 4}_clients_{args.workers}_processes"] = round(
             capacity(sim, clients * 4, 10, processes=args.workers), 1
         )
+        # The same with the lightest client there is: when ``requests`` in threads is the limit itself (its
+        # CPU per request is more than the engine's), this finds the simulator's.
+        for processes in (1, args.workers):
+            sim.reset(args.latency, rate_limit=0)
+            results[f"sim_capacity_{clients}_bare_clients_{processes}_processes"] = round(
+                capacity(sim, clients, 10, processes=processes, bare=True), 1
+            )
         sim.reset(args.latency, rate_limit=0)
         engine = Engine(env, args.workers, folder)
         results["engine"] = engine_run(sim, args.records)
