@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 # webhook messages sends one wake-up. A deliver loop clears the mark before it stops (``rearm``) and looks
 # once more, so a record arriving as it ends is not left for the sweeper.
 WAKE_COALESCE_SECONDS = 2
+# A run with more due work than it holds in flight wakes one more worker for its destination (``help``);
+# at most one such wake-up waits per destination, for at most this long.
+HELP_SECONDS = 60
 
 
 @shared_task(name="flows.sweep", ignore_result=True)
@@ -31,6 +34,7 @@ def deliver(destination_id: int) -> dict[str, int]:
     message finds nothing to claim."""
     from flows import delivery
 
+    _forget(_help_key(destination_id))  # a help wake-up waiting is this one, or no longer needed
     tally = delivery.run(destination_id)
     log.info("deliver %s: %s", destination_id, dict(tally) or "nothing due")
     return dict(tally)
@@ -64,16 +68,35 @@ def wake_nexset(nexset_id: int) -> None:
 def rearm(destination_id: int) -> None:
     """A deliver loop about to stop: the next new record must wake the destination again, not be
     coalesced into the wake-up that is ending. The loop looks for work once more after this."""
+    _forget(_wake_key(destination_id))
+
+
+def ask_help(destination_id: int) -> None:
+    """A deliver run found more due work than it holds in flight: wake one more worker for the destination,
+    so a backlog gets every free worker at once rather than at the sweeper's next round. The run that
+    wakes takes the mark off and may ask in turn, so free workers join one after another; workers all
+    busy leave one wake-up waiting, which a finished run's worker takes."""
     try:
-        cache.delete(_wake_key(destination_id))
+        fresh = cache.add(_help_key(destination_id), 1, timeout=HELP_SECONDS)
+    except Exception:  # without the cache, the sweeper's wake-ups bring the other workers
+        return
+    if fresh:
+        _send(destination_id)
+
+
+def _forget(key: str) -> None:
+    try:
+        cache.delete(key)
     except Exception:
-        log.warning(
-            "could not clear the wake-up mark of destination %s; the sweeper covers it", destination_id
-        )
+        log.warning("could not clear the cache key %s; it expires by itself (the sweeper covers it)", key)
 
 
 def _wake_key(destination_id: int) -> str:
     return f"flows:wake:{destination_id}"
+
+
+def _help_key(destination_id: int) -> str:
+    return f"flows:help:{destination_id}"
 
 
 def _send(destination_id: int) -> None:

@@ -351,3 +351,22 @@ def test_a_pool_of_threads_writes_every_response_once_through_few_database_conne
     if postgres:
         # The test's own, the watcher's, the run's loop and writers: not one per request in flight.
         assert 0 < peak[0] <= 8, peak[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_next_chunk_is_planned_while_the_current_one_is_still_being_sent(settings, clazar_sim):
+    """Planning only when a claim found nothing left the sends idle while a chunk was planned. A run now
+    plans the next chunk on a database thread once half a chunk was claimed: chunk two exists before
+    chunk one's last request goes out, and every record still goes out once, in order of planning."""
+    settings.DELIVERY_PLAN_CHUNK = 20
+    dest = creates_over_the_simulator(settings, clazar_sim, 100)
+    clazar_sim.add_fault("latency", seconds=0.2)
+    tally = delivery.process_due(dest.pk, threads=8, lease_seconds=30)
+    assert tally["claimed"] == 100
+    assert dict(Counter(dest.deliveries.values_list("state", flat=True))) == {S.SUCCEEDED: 100}
+    rows = list(dest.deliveries.order_by("pk").values_list("pk", "created_at"))
+    first_chunk, second_chunk = [pk for pk, _ in rows[:20]], rows[20][1]
+    last_sent = Attempt.objects.filter(delivery_id__in=first_chunk).order_by("-started_at")[0].started_at
+    assert second_chunk < last_sent
+    names = [e["json"]["name"] for e in clazar_sim.requests_log(method="POST", path="/private_offers/")]
+    assert sorted(names) == sorted(f"Offer {i}" for i in range(100))

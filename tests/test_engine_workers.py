@@ -5,6 +5,7 @@ simulator's request log is the witness of what reached Clazar."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -148,6 +149,21 @@ def test_two_workers_deliver_every_record_once_and_a_duplicate_wake_up_does_noth
         timeout=30,
     )
     assert len(creates(sim)) == 60
+
+
+def test_a_backlog_gets_every_free_worker_at_once_not_at_the_next_sweep(engine, make, sim, user):
+    """A run that claims a full batch wakes one more worker for its destination; with the sweeper an hour
+    away, the second worker can only have joined that way. Each record still goes out once."""
+    sim.add_fault("latency", seconds=0.05)
+    dest = make(CREATE, offers(400))
+    procs = engine(workers=2, CELERY_SWEEP_SECONDS="3600", DELIVERY_PLAN_CHUNK="50")
+    activation.activate(dest.pk, user=user)
+    wait_until(settled(dest, 400), "400 deliveries", procs)
+    assert states(dest) == {S.SUCCEEDED: 400}
+    names = Counter(e["json"]["name"] for e in creates(sim))
+    assert len(names) == 400 and set(names.values()) == {1}
+    sent_some = re.compile(rf"deliver {dest.pk}: \{{[^}}]*'claimed': [1-9]")
+    wait_until(lambda: all(sent_some.search(p.output()) for p in procs), "both workers sending", procs, 10)
 
 
 def test_a_worker_killed_mid_run_loses_nothing_and_creates_nothing_twice(engine, make, sim, start_proc, user):

@@ -720,3 +720,94 @@ def test_a_post_without_a_body_declares_an_empty_one(sim, token):
     assert result.request_headers["Content-Length"] == "0"  # as the attempt inspector shows it
     [received] = sim.requests_log(method="POST")
     assert received["headers"].get("content-length") == "0"  # what Clazar received, not what we meant
+
+
+def answer_with(*answers: bytes, close: bool = False) -> Callable[[socket.socket], None]:
+    """A handler sending each answer after one request on the connection (then closing, if asked)."""
+
+    def handle(conn: socket.socket) -> None:
+        for answer in answers:
+            if not read_request(conn):
+                return
+            conn.sendall(answer)
+        if close:
+            conn.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)
+        else:
+            read_request(conn)  # keeps the connection open until the client closes it
+
+    return handle
+
+
+CHUNKED = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"id"\r\n8\r\n: "c-1"}\r\n0\r\n\r\n'
+
+
+@pytest.mark.parametrize(
+    ("answers", "close", "json", "connections"),
+    [
+        # a chunked answer ends at its last chunk: the connection carries the next request
+        ((CHUNKED, CHUNKED), False, {"id": "c-1"}, 1),
+        # no length: the body ends where the server closes, and that connection is never reused
+        (
+            (b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"id": "u-1"}',),
+            True,
+            {"id": "u-1"},
+            2,
+        ),
+        # "Connection: close": read whole, then the next request opens a new connection
+        (
+            (b'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 12\r\n\r\n{"id": "k1"}',),
+            True,
+            {"id": "k1"},
+            2,
+        ),
+    ],
+    ids=["chunked", "until-close", "connection-close"],
+)
+def test_an_answer_is_read_to_its_end_however_it_is_framed(tiny, token, answers, close, json, connections):
+    server = tiny(answer_with(*answers, close=close))
+    session = new_session()
+    spec = RequestSpec("PUT", f"{server.url}/listings/1/", b"{}", (1,), target_id="1")
+    for _ in range(2):
+        result = send(spec, token, session=session)
+        assert (result.status, result.json, result.error_kind) == (200, json, None)
+        time.sleep(0.05)
+    assert server.connections == connections
+
+
+def test_an_answer_cut_off_mid_body_says_so_and_keeps_the_status(tiny, token):
+    cut = b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"id": "partial'
+    server = tiny(answer_with(cut, close=True))
+    spec = RequestSpec("PUT", f"{server.url}/listings/1/", b"{}", (1,), target_id="1")
+    result = send(spec, token)
+    assert (result.status, result.error_kind) == (200, "sent_then_failed")
+    assert "cut the answer off" in result.error and "answered HTTP 200" in result.error
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * 70_000 + b"\r\n\r\n", "longer than 65536 bytes"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nBad Header: 1\r\n\r\n{}", "not HTTP/1.1"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
+            "could not be decompressed",
+        ),
+    ],
+    ids=["head-too-long", "bad-header", "not-gzip"],
+)
+def test_an_answer_that_can_not_be_read_is_named_and_may_have_been_received(tiny, token, answer, says):
+    server = tiny(answer_with(answer))
+    spec = RequestSpec("POST", f"{server.url}/listings/", b"{}", (1,))
+    result = send(spec, token)
+    assert (result.error_kind, result.sent) == ("sent_then_failed", True)
+    assert says in result.error and "may have received it" in result.error
+
+
+def test_a_header_name_that_is_not_a_token_is_refused_before_anything_is_sent(tiny, token):
+    server = tiny(answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+    spec = RequestSpec("POST", f"{server.url}/listings/", b"{}", (1,), headers=(("X Tenant", "a"),))
+    result = send(spec, token)
+    assert (result.error_kind, result.sent) == ("invalid", False)
+    assert "'X Tenant'" in result.error
+    assert server.connections == 0

@@ -4,8 +4,8 @@
 `flows.outcomes.classify` turns into a decision. The hard part is telling "nothing reached Clazar" (safe to
 send again, even a create) from "the request may have reached Clazar" (a create must not be re-sent
 blindly). Exception types alone can't say that reliably (a stale keep-alive connection surfaces as a
-reset), so ``send`` writes the request itself (h11 builds the bytes and parses the answer; the socket is
-ours) and records whether a single byte of it was handed to the socket. ``error_kind`` is:
+reset), so ``send`` writes the request itself (it builds the bytes; httptools, Node's llhttp parser, reads
+the answer; the socket is ours) and records whether a single byte of it was handed to the socket. ``error_kind`` is:
 
 - ``None``: Clazar answered and the answer was read (any status; 3xx is ``redirect``).
 - ``"connect"``: nothing was sent (refused, DNS, connect timeout, TLS handshake, deadline before sending).
@@ -50,7 +50,7 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-import h11
+import httptools
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -97,6 +97,8 @@ _SECRET_NAME = re.compile(
 )
 _SECRET_VALUE = re.compile(r"^(eyJ[\w-]+\.[\w-]+\.[\w-]*|[A-Za-z0-9_\-+/=.~]{40,})$")
 _BAD_HEADER = re.compile(r"[\r\n\x00]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token (RFC 9110 5.1)
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 # Error kinds that guarantee nothing reached Clazar ("auth_*" are set by flows.sending when no token
 # could be had).
@@ -219,35 +221,167 @@ class _Deadline(OSError):
 # -- connections --------------------------------------------------------------------------------------
 
 
-class _Connection:
-    """One kept-alive HTTP/1.1 connection: the socket and h11's state of the exchange on it."""
+class _BadAnswer(Exception):
+    """What the server sent is not an HTTP/1.1 answer."""
 
-    __slots__ = ("eof", "sock", "state")
+
+class _CutOff(ConnectionError):
+    """The server closed the connection before the answer ended."""
+
+
+_HEAD_TOO_LONG = f"its status line and headers are longer than {MAX_HEAD} bytes"
+
+
+class _Answer:
+    """One answer read from the bytes of a connection with httptools (llhttp, Node's HTTP parser): the
+    final status, its headers as sent and its body (a ``_Body``); a 1xx before it is skipped. The same for
+    the blocking and the asyncio transport. ``done`` once the answer ended or its body passed max_body."""
+
+    __slots__ = (
+        "_fields",
+        "body",
+        "complete",
+        "extra",
+        "fields_size",
+        "head_size",
+        "headers",
+        "keep_alive",
+        "max_body",
+        "parser",
+        "status_code",
+        "until_close",
+    )
+
+    def __init__(self, max_body: int) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.max_body = max_body
+        self.status_code: int | None = None  # of the final answer, once its head is read
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: _Body | None = None
+        self.complete = False
+        self.extra = False  # bytes after the answer: the connection is not reused
+        self.until_close = False  # no length given: the body ends when the server closes
+        self.keep_alive = False  # the server keeps the connection open after this answer
+        self.head_size = 0  # bytes fed before the final head was read whole
+        self.fields_size = 0  # the headers' size (a head and its body may come in one read)
+        self._fields: list[tuple[bytes, bytes]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.complete or (self.body is not None and self.body.full)
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection may carry the next request (the answer was read whole, nothing
+        followed it, and the server keeps the connection open)."""
+        return (
+            self.complete
+            and not self.extra
+            and not self.until_close
+            and not self.body.full  # type: ignore[union-attr]
+            and self.keep_alive
+        )
+
+    def feed(self, data: bytes) -> None:
+        if self.complete:
+            self.extra = True
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            raise _BadAnswer("it switched to another protocol") from exc
+        except httptools.HttpParserCallbackError as exc:  # from a callback: a head too long, a bad gzip
+            if isinstance(exc.__context__, (_BadAnswer, zlib.error)):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserError as exc:
+            if self.complete:  # garbage after a whole answer
+                self.extra = True
+                return
+            raise _BadAnswer(str(exc) or type(exc).__name__) from exc
+        if self.status_code is None:  # a head that never ends
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD:
+                raise _BadAnswer(_HEAD_TOO_LONG)
+
+    def feed_eof(self) -> None:
+        """The server closed the connection: the end of a body sent without a length, else a cut-off."""
+        if self.complete:
+            return
+        if self.status_code is not None and self.until_close:
+            self.complete = True
+            self.body.end()  # type: ignore[union-attr]
+            return
+        raise _CutOff()
+
+    # httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+        self._fields = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+        self.fields_size += len(name) + len(value) + 4
+        if self.fields_size > MAX_HEAD:
+            raise _BadAnswer(_HEAD_TOO_LONG)
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # a 1xx: the real answer follows
+            return
+        self.status_code, self.headers = status, self._fields
+        names = {name.lower() for name, _ in self._fields}
+        self.until_close = (
+            b"content-length" not in names and b"transfer-encoding" not in names and status not in (204, 304)
+        )
+        self.body = _Body.of(self._fields, self.max_body)
+
+    def on_body(self, data: bytes) -> None:
+        if self.body is not None and not self.complete and not self.body.full:
+            self.body.add(data)
+
+    def on_message_complete(self) -> None:
+        if self.status_code is not None and not self.complete:
+            self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it after this callback
+            self.body.end()  # type: ignore[union-attr]
+
+
+class _Connection:
+    """One kept-alive HTTP/1.1 connection (a socket)."""
+
+    __slots__ = ("eof", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.state = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.eof = False  # the server closed its side
 
-    def next_event(self) -> Any:
-        """h11's next event, reading from the socket as needed (its timeout is the read timeout)."""
-        while True:
-            event = self.state.next_event()
-            if event is not h11.NEED_DATA:
-                return event
+    def read(self, answer: _Answer) -> None:
+        """Read until the answer is done (the socket's timeout is the read timeout)."""
+        while not answer.done:
             data = self.sock.recv(READ_SIZE)
-            self.eof = not data
-            self.state.receive_data(data)
+            if data:
+                answer.feed(data)
+            else:
+                self.eof = True
+                answer.feed_eof()
 
     def dropped(self) -> bool:
         """Whether an idle connection was closed by the server (or has bytes nobody asked for)."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        return bool(poller.poll(0))
+        return _readable(self.sock.fileno())
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket has something to read now (for an idle connection: a close or stray bytes)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @functools.cache
@@ -474,8 +608,10 @@ def _headers(spec: RequestSpec, idempotency_key: str | None) -> tuple[dict[str, 
     for name, value in spec.headers:
         if _BAD_HEADER.search(name) or _BAD_HEADER.search(value) or not name.strip():
             return {}, f"the header {name.strip()[:60]!r} is empty or has a line break."
+        if not _HEADER_NAME.fullmatch(name.strip()):
+            return {}, f"the header name {name.strip()[:60]!r} has a character a header name can't have."
         if name.strip().lower() not in PROTECTED:
-            out[name.strip()] = value
+            out[name.strip()] = value.strip(" \t")
     out["Accept"] = "application/json"
     if not any(name.lower() == "accept-encoding" for name in out):
         out["Accept-Encoding"] = "gzip, deflate"
@@ -533,10 +669,10 @@ def _failure(
         )
     if isinstance(exc, ConnectionResetError):
         how = "reset the connection"
+    elif isinstance(exc, _BadAnswer):
+        how = f"answered with something that is not HTTP/1.1 ({exc})"
     elif conn is not None and conn.eof:
         how = "cut the answer off" if answered else "closed the connection without answering"
-    elif isinstance(exc, h11.RemoteProtocolError):
-        how = f"answered with something that is not HTTP/1.1 ({exc})"
     elif isinstance(exc, zlib.error):
         how = f"sent a compressed answer that could not be decompressed ({exc})"
     else:
@@ -545,9 +681,8 @@ def _failure(
 
 
 class _Body:
-    """Collects an answer's body from h11's events: up to max_body bytes (decompressed), and whether there
-    was more; never holds much more than that (a compressed answer is inflated only up to the cap). The
-    same for the blocking and the asyncio transport."""
+    """Collects an answer's body: up to max_body bytes (decompressed), and whether there was more; never
+    holds much more than that (a compressed answer is inflated only up to the cap)."""
 
     __slots__ = ("chunks", "inflate", "max_body", "size")
 
@@ -559,47 +694,35 @@ class _Body:
         self.max_body = max_body
 
     @classmethod
-    def of(cls, response: Any, max_body: int) -> _Body:
-        encoding = next((v for k, v in response.headers if k == b"content-encoding"), b"")
+    def of(cls, headers: list[tuple[bytes, bytes]], max_body: int) -> _Body:
+        encoding = next((v for k, v in headers if k.lower() == b"content-encoding"), b"")
         return cls(encoding.decode("latin-1").strip().lower(), max_body)
 
     @property
     def full(self) -> bool:
         return self.size > self.max_body
 
-    def take(self, event: Any) -> bool:
-        """Add one event; returns whether the body ended."""
-        if isinstance(event, h11.EndOfMessage):
-            if self.inflate is not None:
-                self.chunks.append(self.inflate.flush())
-                self.size += len(self.chunks[-1])
-            return True
-        if not isinstance(event, h11.Data):
-            raise h11.RemoteProtocolError(f"{type(event).__name__} inside the answer's body", 400)
-        data = bytes(event.data)
+    def add(self, data: bytes) -> None:
         if self.inflate is not None:
             data = self.inflate.decompress(data, self.max_body + 1 - self.size)
         self.chunks.append(data)
         self.size += len(data)
-        return False
+
+    def end(self) -> None:
+        if self.inflate is not None:
+            self.chunks.append(self.inflate.flush())
+            self.size += len(self.chunks[-1])
 
     def result(self) -> tuple[bytes, bool]:
         data = b"".join(self.chunks)
         return data[: self.max_body], self.full
 
 
-def _read_body(conn: _Connection, response: Any, max_body: int) -> tuple[bytes, bool]:
-    body = _Body.of(response, max_body)
-    while not body.full and not body.take(conn.next_event()):
-        pass
-    return body.result()
-
-
-def _answer_headers(response: Any) -> dict[str, str]:
+def _answer_headers(answer: _Answer) -> dict[str, str]:
     """The answer's headers as sent (names keep their case; a repeated header is joined with ", ")."""
     out: dict[str, str] = {}
     seen: dict[str, str] = {}
-    for raw_name, raw_value in response.headers.raw_items():
+    for raw_name, raw_value in answer.headers:
         name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
         first = seen.setdefault(name.lower(), name)
         out[first] = f"{out[first]}, {value}" if first in out else value
@@ -620,56 +743,48 @@ def send(
     """Send ``spec`` with the bearer ``token``; never follow a redirect; never raise for what the network
     or Clazar does. ``deadline`` is the total number of seconds for the whole exchange (connect, send,
     wait, read). ``session`` comes from ``session_for`` or ``new_session``: the request goes out on one of
-    its kept-alive connections, written and read with h11 (requests' and urllib3's layers cost more CPU
-    than the rest of a send; see bench/client_overhead.py)."""
+    its kept-alive connections, written by us and read with httptools (requests' and urllib3's layers cost
+    more CPU than the rest of a send; see bench/client_overhead.py)."""
     if not isinstance(session, Session):
         raise TypeError("send() needs a session from transport.new_session() or session_for()")
-    call, target, request = _prepare(spec, token, idempotency_key)
-    if request is None:
+    call, target, head = _prepare(spec, token, idempotency_key)
+    if head is None:
         return call.result
     timeouts = (connect_timeout, read_timeout, deadline)
     probe = _Probe()
     _watchdog.arm(probe, max(deadline, 0.001))
     conn: _Connection | None = None
-    response: Any = None
+    answer = _Answer(max_body)
     reusable = False
     try:
         conn = session.take(target.origin) or _connect(target, min(connect_timeout, deadline), probe)
         probe.sock = conn.sock
         conn.sock.settimeout(min(read_timeout, deadline))
-        data = _request_bytes(conn.state, request, spec.body)
         if probe.expired:
             raise _Deadline("The deadline passed before the request was sent.")
         probe.sent = True  # before writing: a partial write may still reach Clazar
-        conn.sock.sendall(data)
-        response = conn.next_event()
-        while isinstance(response, h11.InformationalResponse):  # a 1xx precedes the real answer
-            response = conn.next_event()
-        if not isinstance(response, h11.Response):
-            raise h11.RemoteProtocolError(f"{type(response).__name__} instead of an answer", 400)
-        answer_headers = _answer_headers(response)
-        raw, truncated = _read_body(conn, response, max_body)
+        conn.sock.sendall(head + spec.body if spec.body else head)
+        conn.read(answer)
         probe.finish()
-        if probe.expired and not truncated:  # an EOF forced by the watchdog is not the end of the body
+        if probe.expired and answer.until_close:  # an EOF forced by the watchdog is not the end of the body
             raise _Deadline("The deadline passed while reading the answer.")
-        state = conn.state
-        reusable = not truncated and state.our_state is h11.DONE and state.their_state is h11.DONE
-        if reusable:
-            state.start_next_cycle()
-    except (OSError, h11.ProtocolError, zlib.error) as exc:
-        return _failed(call, exc, probe, conn, response, timeouts)
+        reusable = answer.reusable
+    except (OSError, _BadAnswer, zlib.error) as exc:
+        return _failed(call, exc, probe, conn, answer, timeouts)
     finally:
         probe.finish()  # the watchdog drops a finished probe
         if conn is not None and reusable:
             session.give(target.origin, conn)
         elif conn is not None:
             conn.close()  # after a truncated or failed read: the rest of the answer is never read
-    return call.done(**_answer(response.status_code, answer_headers, raw, truncated, max_body))
+    return _answered(call, answer)
 
 
-def _prepare(spec: RequestSpec, token: str, idempotency_key: str | None) -> tuple[_Call, _Target, Any]:
-    """The call's record, its target and h11's request; the request is None when it can't be sent (the
-    call's ``result`` then says why)."""
+def _prepare(
+    spec: RequestSpec, token: str, idempotency_key: str | None
+) -> tuple[_Call, _Target, bytes | None]:
+    """The call's record, its target and the request's head (request line and headers); the head is None
+    when the request can't be sent (the call's ``result`` then says why)."""
     method = spec.method.upper()
     target = _target(spec.url)
     call = _Call(method, target.shown, target.host)
@@ -679,28 +794,22 @@ def _prepare(spec: RequestSpec, token: str, idempotency_key: str | None) -> tupl
         problem = problem or "The access token is empty or has a line break."
     headers["Authorization"] = f"Bearer {token}"
     call.request_headers = redact_headers(headers)
+    if not problem and _BAD_TARGET.search(target.request_uri):
+        problem = f"{target.shown} has a character that can't be sent in a request line."
     if problem:
         call.result = call.done(error_kind="invalid", error=f"Not sent: {problem}")
         return call, target, None
+    lines = [f"{method} {target.request_uri} HTTP/1.1", f"Host: {target.host_header}"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines.append("\r\n")
     try:
-        request = h11.Request(
-            method=method,
-            target=target.request_uri,
-            headers=[("Host", target.host_header), *((k, v.encode("latin-1")) for k, v in headers.items())],
-        )
-    except (h11.LocalProtocolError, UnicodeError) as exc:
+        head = "\r\n".join(lines).encode("latin-1")
+    except UnicodeError as exc:
         call.result = call.done(
             error_kind="invalid", error=f"Not sent: a header can't be sent over HTTP ({exc})."
         )
         return call, target, None
-    return call, target, request
-
-
-def _request_bytes(state: h11.Connection, request: Any, body: bytes | None) -> bytes:
-    data = state.send(request)
-    if body:
-        data += state.send(h11.Data(data=body))
-    return data + state.send(h11.EndOfMessage())
+    return call, target, head
 
 
 def _failed(
@@ -708,31 +817,38 @@ def _failed(
     exc: BaseException,
     probe: Any,
     conn: Any,
-    response: Any,
+    answer: _Answer,
     timeouts: tuple[float, float, float],
 ) -> AttemptResult:
-    answered = isinstance(response, h11.Response)
+    answered = answer.status_code is not None
     kind, message = _failure(exc, probe, conn, answered, call.host, timeouts)
     if not answered:
         return call.done(error_kind=kind, error=message)
-    message = f"Clazar answered HTTP {response.status_code}, but reading the answer failed: {message}"
+    message = f"Clazar answered HTTP {answer.status_code}, but reading the answer failed: {message}"
     return call.done(
-        status=response.status_code, headers=_answer_headers(response), error_kind=kind, error=message
+        status=answer.status_code, headers=_answer_headers(answer), error_kind=kind, error=message
     )
+
+
+def _answered(call: _Call, answer: _Answer) -> AttemptResult:
+    raw, truncated = answer.body.result()  # type: ignore[union-attr]
+    headers = _answer_headers(answer)
+    return call.done(**_answer(answer.status_code, headers, raw, truncated, answer.max_body))  # type: ignore[arg-type]
 
 
 # -- the same on an asyncio event loop ----------------------------------------------------------------
 
 
 class _Wire(asyncio.Protocol):
-    """One kept-alive connection on an event loop: what arrived, and h11's state of the exchange. A
-    protocol rather than asyncio's streams: a send is a write and a few reads, and streams cost more CPU
-    than the rest of the exchange."""
+    """One kept-alive connection on an event loop. A protocol rather than asyncio's streams: what arrives
+    is fed to the answer being read as it comes (a send is a write and, mostly, one wake-up), and streams
+    cost more CPU than the rest of the exchange."""
 
     def __init__(self) -> None:
-        self.state = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.answer: _Answer | None = None  # the answer being read
+        self.unasked = False  # bytes came while no answer was being read: not reused
+        self.failure: Exception | None = None  # raised by the answer being read
         self.eof = False  # the server closed its side (or the connection was lost)
         self.lost: BaseException | None = None
         self.waiter: asyncio.Future | None = None
@@ -741,7 +857,13 @@ class _Wire(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        if self.answer is None:
+            self.unasked = True
+            return
+        try:
+            self.answer.feed(data)
+        except (_BadAnswer, zlib.error) as exc:
+            self.failure = exc
         self._wake()
 
     def eof_received(self) -> bool:
@@ -758,13 +880,18 @@ class _Wire(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def next_event(self, read_timeout: float) -> Any:
-        """h11's next event, waiting for data as needed (at most ``read_timeout`` seconds for each)."""
-        while True:
-            event = self.state.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            if not self.buffer and not self.eof:
+    async def read(self, answer: _Answer, read_timeout: float) -> None:
+        """Until the answer is done; at most ``read_timeout`` seconds without any data."""
+        self.answer = answer
+        try:
+            while not answer.done:
+                if self.failure is not None:
+                    raise self.failure
+                if self.eof:
+                    if self.lost is not None:
+                        raise self.lost
+                    answer.feed_eof()
+                    continue
                 loop = asyncio.get_running_loop()
                 self.waiter = waiter = loop.create_future()
                 timer = loop.call_later(read_timeout, _time_out, waiter)  # lighter than asyncio.timeout
@@ -773,22 +900,15 @@ class _Wire(asyncio.Protocol):
                 finally:
                     timer.cancel()
                     self.waiter = None
-            if self.buffer:
-                data, self.buffer = bytes(self.buffer), bytearray()
-            elif self.lost is not None:
-                raise self.lost
-            else:
-                data = b""
-            self.state.receive_data(data)
+        finally:
+            self.answer = None
 
     def dropped(self) -> bool:
         """Whether an idle connection was closed by the server (or has bytes nobody asked for), also when
         the loop has not read that yet."""
-        if self.eof or self.buffer or self.transport is None or self.transport.is_closing():
+        if self.eof or self.unasked or self.transport is None or self.transport.is_closing():
             return True
-        poller = select.poll()
-        poller.register(self.transport.get_extra_info("socket").fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+        return _readable(self.transport.get_extra_info("socket").fileno())
 
     def close(self) -> None:
         if self.transport is not None:
@@ -875,44 +995,31 @@ async def asend(
     """``send`` on an event loop: the same request, the same answers and the same ``error_kind`` for
     every failure. A deliver run sends this way (one loop, many requests in flight: no thread per
     request)."""
-    call, target, request = _prepare(spec, token, idempotency_key)
-    if request is None:
+    call, target, head = _prepare(spec, token, idempotency_key)
+    if head is None:
         return call.result  # type: ignore[return-value]
     timeouts = (connect_timeout, read_timeout, deadline)
     probe = _AsyncProbe()
     conn: _Wire | None = None
-    response: Any = None
+    answer = _Answer(max_body)
     reusable = False
     limit = asyncio.timeout(max(deadline, 0.001))
     try:
         async with limit:
             conn = session.take(target.origin) or await _aconnect(target, min(connect_timeout, deadline))
-            data = _request_bytes(conn.state, request, spec.body)
             probe.sent = True  # before writing: a partial write may still reach Clazar
-            conn.transport.write(data)  # type: ignore[union-attr]
-            response = await conn.next_event(read_timeout)
-            while isinstance(response, h11.InformationalResponse):  # a 1xx precedes the real answer
-                response = await conn.next_event(read_timeout)
-            if not isinstance(response, h11.Response):
-                raise h11.RemoteProtocolError(f"{type(response).__name__} instead of an answer", 400)
-            answer_headers = _answer_headers(response)
-            body = _Body.of(response, max_body)
-            while not body.full and not body.take(await conn.next_event(read_timeout)):
-                pass
-            raw, truncated = body.result()
-        state = conn.state
-        reusable = not truncated and state.our_state is h11.DONE and state.their_state is h11.DONE
-        if reusable:
-            state.start_next_cycle()
-    except (OSError, h11.ProtocolError, zlib.error) as exc:  # TimeoutError is an OSError
+            conn.transport.write(head + spec.body if spec.body else head)  # type: ignore[union-attr]
+            await conn.read(answer, read_timeout)
+        reusable = answer.reusable
+    except (OSError, _BadAnswer, zlib.error) as exc:  # TimeoutError is an OSError
         probe.expired = limit.expired()
-        return _failed(call, exc, probe, conn, response, timeouts)
+        return _failed(call, exc, probe, conn, answer, timeouts)
     finally:
         if conn is not None and reusable:
             session.give(target.origin, conn)
         elif conn is not None:
             conn.close()  # after a truncated or failed read: the rest of the answer is never read
-    return call.done(**_answer(response.status_code, answer_headers, raw, truncated, max_body))
+    return _answered(call, answer)
 
 
 def _answer(status: int, headers: dict[str, str], raw: bytes, truncated: bool, max_body: int) -> dict:

@@ -180,6 +180,10 @@ class EventLoop(_Counts):
         if first:  # one wake-up of the loop for a claim's worth of jobs
             self._loop.call_soon_threadsafe(self._start)
 
+    def background(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Run a database step of the run's loop itself (planning ahead) on a database thread."""
+        return self.db.call(fn, *args)
+
     def close(self) -> None:
         """Once every job submitted has finished: close the run's connections and stop the loop."""
         with self._cond:
@@ -233,6 +237,11 @@ class _Inline:
                 fn(*args)
         finally:
             self.finished += 1
+
+    def background(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(fn(*args))
+        return future
 
     def wait_free(self, timeout: float) -> None:
         return None
@@ -332,8 +341,10 @@ def _run_loop(
         return
     _plan(destination_id)
     pool: EventLoop | _Inline = EventLoop(size) if size > 0 else _Inline()
+    ahead = _PlanAhead(destination_id, pool)
     gate = _Gate(ctx)
     rearmed = False
+    helped = size == 0  # a run in the calling thread (tests, threads=0) asks no other worker
     try:
         _settle_unknown(ctx, pool, lease, tally)
         while True:
@@ -366,7 +377,7 @@ def _run_loop(
             rows = claims.claim(destination_id, grant.count, lease)
             ratelimit.refund(ctx.credential, grant.count - len(rows))
             if not rows:
-                if _plan(destination_id):
+                if ahead.now():
                     continue
                 if pool.busy:  # a send in flight may unblock the next update of its target
                     pool.wait_progress(seen, GATE_SECONDS)
@@ -379,10 +390,17 @@ def _run_loop(
                     continue
                 break
             rearmed = False
+            if len(rows) == want and not helped:  # more may be due than this run holds in flight
+                from flows.tasks import ask_help
+
+                ask_help(destination_id)
+                helped = True
             tally["claimed"] += len(rows)
             for row in rows:
                 pool.submit(_send, row, ctx, tally)
+            ahead.claimed(len(rows))
     finally:
+        ahead.close()
         pool.close()
 
 
@@ -391,6 +409,59 @@ def _plan(destination_id: int) -> int:
     if not planner.pending(destination_id):
         return 0
     return planner.plan_chunk(destination_id, settings.DELIVERY_PLAN_CHUNK)
+
+
+class _PlanAhead:
+    """Keeps about a chunk of deliveries planned ahead of the claims while records wait past the cursor.
+
+    Planning only when a claim finds nothing left the sends idle while the next chunk was planned (and,
+    with two workers, every worker waited for it). So each time the run has claimed half a chunk, a
+    database thread of the run checks how many deliveries are still queued and plans the next chunk when
+    fewer than a chunk are: claims and sends go on meanwhile. One such check at a time; its error is
+    raised in the run's loop, as a plan there would be."""
+
+    def __init__(self, destination_id: int, pool: EventLoop | _Inline) -> None:
+        self.destination_id = destination_id
+        self.pool = pool
+        self.since = 0
+        self.running: concurrent.futures.Future | None = None
+
+    def claimed(self, count: int) -> None:
+        self.since += count
+        if self.since * 2 < settings.DELIVERY_PLAN_CHUNK:
+            return
+        if self.running is not None:
+            if not self.running.done():
+                return
+            self.running.result()
+        self.since = 0
+        self.running = self.pool.background(_plan_if_low, self.destination_id)
+
+    def now(self) -> int:
+        """Nothing was claimable: plan now (after the check in flight, if any). Returns how many were planned."""
+        planned = self.wait()
+        return planned or _plan(self.destination_id)
+
+    def wait(self) -> int:
+        running, self.running = self.running, None
+        return running.result() if running is not None else 0
+
+    def close(self) -> None:
+        """The run ends: let a plan in flight finish (the next run plans again if it failed)."""
+        try:
+            self.wait()
+        except Exception:
+            log.exception("destination %s: planning ahead failed", self.destination_id)
+
+
+def _plan_if_low(destination_id: int) -> int:
+    low = settings.DELIVERY_PLAN_CHUNK
+    queued = Delivery.objects.filter(
+        destination_id=destination_id, is_test=False, state=Delivery.State.QUEUED
+    ).values_list("id", flat=True)[low - 1 : low]
+    if list(queued):
+        return 0
+    return _plan(destination_id)
 
 
 async def _send(way: Blocking, row: Delivery, ctx: Context, tally: Counter) -> None:
