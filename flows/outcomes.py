@@ -119,7 +119,6 @@ def classify(
     verb = method.upper()
     unsafe = creates_or_publishes or verb not in IDEMPOTENT
     ctx = _Ctx(attempt=attempt, now=now, rng=rng, headers=headers)
-    detail = _detail(body_json)
 
     if error_kind == "invalid":
         return _permanent(error or "The request could not be sent as it was built.")
@@ -143,6 +142,7 @@ def classify(
         )
     if 200 <= status < 300:
         return _done(status, error_kind, body_json, headers, verb, creates_or_publishes)
+    detail = _detail(body_json)  # Clazar's words, for the answers that are not a success
     return _by_status(status, detail, verb, unsafe, ctx, refreshed, target_id, resource_label, attempt)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import logging
 from collections.abc import Callable, Coroutine
@@ -55,6 +56,9 @@ class Blocking:
         """A write through one of the deliver run's group commits."""
         return commit.submit(item)
 
+    def done_sending(self) -> None:
+        """The send's requests are over (only its writes are left)."""
+
     async def send(
         self, spec: RequestSpec, token: str, credential: Credential, idempotency_key: str | None
     ) -> AttemptResult:
@@ -67,10 +71,36 @@ class Blocking:
         )
 
 
+class Slot:
+    """A send's place among the requests a deliver run has in flight (a semaphore's), given back once;
+    ``released`` is told when that happens before the send ended (``done_sending``)."""
+
+    __slots__ = ("released", "semaphore")
+
+    def __init__(self, semaphore: asyncio.Semaphore, released: Callable[[], None]) -> None:
+        self.semaphore: asyncio.Semaphore | None = semaphore
+        self.released = released
+
+    def release(self) -> None:
+        if self.semaphore is not None:
+            self.semaphore.release()
+            self.semaphore = None
+
+    def done_sending(self) -> None:
+        if self.semaphore is not None:
+            self.release()
+            self.released()
+
+
+# The slot of the send running in this task (each asyncio task has its own context).
+SLOT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar("send_slot", default=None)
+
+
 class OnLoop(Blocking):
     """The same steps on an event loop (a deliver run's): requests with ``transport.asend`` on the run's
     own kept-alive connections; database work handed to threads (``offload`` returns a
-    ``concurrent.futures.Future``), as the ORM must not block the loop."""
+    ``concurrent.futures.Future``), as the ORM must not block the loop. A send holds its ``Slot`` until
+    ``done_sending``: its outcome and response writes then let the next request go out."""
 
     def __init__(self, offload: Callable[..., concurrent.futures.Future], pool_size: int) -> None:
         self._offload = offload
@@ -81,6 +111,11 @@ class OnLoop(Blocking):
 
     async def write(self, commit: GroupCommit[Any, T], item: Any) -> T:
         return await commit.asubmit(item)
+
+    def done_sending(self) -> None:
+        slot = SLOT.get()
+        if slot is not None:
+            slot.done_sending()
 
     async def send(
         self, spec: RequestSpec, token: str, credential: Credential, idempotency_key: str | None

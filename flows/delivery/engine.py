@@ -43,7 +43,7 @@ from flows import audit, ratelimit
 from flows.delivery import claims, planner
 from flows.delivery.send import Context, count, deliver_one, deliver_with
 from flows.models import Credential, Delivery, Destination
-from flows.sending import BLOCKING, Blocking, OnLoop, drive
+from flows.sending import BLOCKING, SLOT, Blocking, OnLoop, Slot, drive
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +52,33 @@ SHORT_PAUSE = 5.0  # a 429 pause up to this long is waited out; longer ones end 
 
 
 class _Counts:
-    """How many jobs are waiting or running (``busy``) and how many finished, for the run's loop."""
+    """How many jobs are waiting or running (``busy``), how many of those only write what they got
+    (``writing``: their requests are over) and how many finished, for the run's loop."""
 
     size: int
 
     def __init__(self) -> None:
         self.busy = 0
+        self.writing = 0
         self.finished = 0
         self._cond = threading.Condition()
         self._watching = 0  # threads in wait_progress
+
+    def _sending(self) -> int:
+        """Jobs waiting to send or sending; up to ``size`` writing ones don't count (their writes are
+        batched and short, and the next requests should not wait for them)."""
+        return self.busy - min(self.writing, self.size)
 
     def free(self) -> int:
         """Room for more jobs: up to twice the pool's size may be claimed, so a claim is a batch and the
         pool never waits for the next one. Zero until at least the size's worth of room is free."""
         with self._cond:
-            room = 2 * self.size - self.busy
+            room = 2 * self.size - self._sending()
             return room if room >= self.size else 0
 
     def wait_free(self, timeout: float) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self.busy <= self.size, timeout)
+            self._cond.wait_for(lambda: self._sending() <= self.size, timeout)
 
     def wait_progress(self, seen: int, timeout: float) -> None:
         """Until a job finishes after ``seen`` had (or the pool is idle)."""
@@ -86,14 +93,23 @@ class _Counts:
         with self._cond:
             self.busy += 1
 
-    def _ended(self) -> None:
+    def _sent(self) -> None:
+        with self._cond:
+            self.writing += 1
+            self._room()
+
+    def _ended(self, sent: bool = False) -> None:
         with self._cond:
             self.busy -= 1
+            self.writing -= sent
             self.finished += 1
-            # Wake the run's loop only when it has something to do: room for a claim (or all done), or
-            # it waits for any progress. Not at every send while a full claim's worth is queued.
-            if self.busy <= self.size or self._watching:
-                self._cond.notify_all()
+            self._room()
+
+    def _room(self) -> None:
+        # Wake the run's loop only when it has something to do: room for a claim (or all done), or it
+        # waits for any progress. Not at every send while a full claim's worth is queued.
+        if self._sending() <= self.size or self._watching:
+            self._cond.notify_all()
 
 
 class Pool(_Counts):
@@ -209,16 +225,22 @@ class EventLoop(_Counts):
     async def _job(self, fn: Callable[..., Any], args: tuple) -> None:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
+        slot = None
         try:
-            async with self._slots:
-                if inspect.iscoroutinefunction(fn):
-                    await fn(self.way, *args)
-                else:
-                    await self.way.call(fn, *args)
+            await self._slots.acquire()
+            slot = Slot(self._slots, self._sent)
+            SLOT.set(slot)  # this task's own context: done_sending gives it back before the writes
+            if inspect.iscoroutinefunction(fn):
+                await fn(self.way, *args)
+            else:
+                await self.way.call(fn, *args)
         except Exception:  # the lease expires and the sweeper resolves the delivery
             log.exception("deliver loop: %s failed", getattr(fn, "__name__", fn))
         finally:
-            self._ended()
+            sent = slot is not None and slot.semaphore is None
+            if slot is not None:
+                slot.release()
+            self._ended(sent)
 
 
 class _Inline:
@@ -339,9 +361,12 @@ def _run_loop(
     stop_at = time.monotonic() + (max_seconds or settings.DELIVERY_SLICE_SECONDS)
     if ctx.destination.status == Destination.Status.AUTO_PAUSED and not probe(ctx, lease, tally):
         return
-    _plan(destination_id)
+    # A first claim's worth at once (sends start without waiting for a whole chunk), the rest of the
+    # chunk planned ahead while they go out.
+    _plan(destination_id, max(2 * size, 1))
     pool: EventLoop | _Inline = EventLoop(size) if size > 0 else _Inline()
     ahead = _PlanAhead(destination_id, pool)
+    ahead.check()
     gate = _Gate(ctx)
     rearmed = False
     helped = size == 0  # a run in the calling thread (tests, threads=0) asks no other worker
@@ -404,11 +429,14 @@ def _run_loop(
         pool.close()
 
 
-def _plan(destination_id: int) -> int:
-    """Plan the next chunk when records wait past the cursor (checked first without any lock)."""
+def _plan(destination_id: int, most: int | None = None) -> int:
+    """Plan the next chunk (or ``most`` records, if fewer) when records wait past the cursor (checked
+    first without any lock)."""
     if not planner.pending(destination_id):
         return 0
-    return planner.plan_chunk(destination_id, settings.DELIVERY_PLAN_CHUNK)
+    return planner.plan_chunk(
+        destination_id, min(most or settings.DELIVERY_PLAN_CHUNK, settings.DELIVERY_PLAN_CHUNK)
+    )
 
 
 class _PlanAhead:
@@ -428,8 +456,12 @@ class _PlanAhead:
 
     def claimed(self, count: int) -> None:
         self.since += count
-        if self.since * 2 < settings.DELIVERY_PLAN_CHUNK:
-            return
+        if self.since * 2 >= settings.DELIVERY_PLAN_CHUNK:
+            self.check()
+
+    def check(self) -> None:
+        """Plan the next chunk on a database thread if fewer than a chunk are queued (unless a check is
+        still running)."""
         if self.running is not None:
             if not self.running.done():
                 return

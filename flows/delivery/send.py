@@ -91,7 +91,7 @@ class Context:
         self.view = tokens.CredentialView(self.credential.pk)
         self.opener = GroupCommit(open_attempts, writer=self.writers)
         self.recorder = GroupCommit(write_outcomes, writer=self.writers)
-        self.responder = GroupCommit(responses.write_many, writer=self.writers, write_one=responses.write)
+        self.responder = GroupCommit(responses.store_many, writer=self.writers, write_one=responses.write)
 
     def close(self) -> None:
         """Stop the writer threads (after every write handed in)."""
@@ -202,6 +202,7 @@ async def deliver_with(way: Blocking, delivery: Delivery, ctx: Context, tally: C
     ex = await exchange_with(
         way, delivery, spec, delivery.attempts, ctx.credential.pk, in_round, ctx.view, ctx.opener
     )
+    way.done_sending()  # the next request may go out while this one's outcome is written
     state = await way.write(ctx.recorder, outcome_write(delivery, ex))
     if tally is not None:
         count(tally, state)

@@ -15,8 +15,10 @@ object's id into a text field of each source Salesforce record, as one person's 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,13 +80,24 @@ def setting_for(delivery: Delivery) -> tuple[SalesforceSource, Writeback] | None
 def schedule(delivery: Delivery) -> bool:
     """Enqueue the write-back of a succeeded delivery that created an object, after commit, when its
     Nexset wants one. Returns whether it did."""
-    if delivery.is_test or delivery.state != Delivery.State.SUCCEEDED or not delivery.created_object_id:
-        return False
-    if setting_for(delivery) is None:
-        return False
-    delivery_id = delivery.pk
-    transaction.on_commit(lambda: _enqueue(delivery_id))
-    return True
+    return schedule_many([delivery]) == 1
+
+
+def schedule_many(deliveries: Iterable[Delivery]) -> int:
+    """``schedule`` for a batch of deliveries (a deliver run's response writes): each Nexset's settings
+    are read once. Returns how many write-backs were enqueued."""
+    wanted: dict[int, bool] = {}
+    enqueued = 0
+    for delivery in deliveries:
+        if delivery.is_test or delivery.state != Delivery.State.SUCCEEDED or not delivery.created_object_id:
+            continue
+        nexset_id = delivery.destination.nexset_id
+        if nexset_id not in wanted:
+            wanted[nexset_id] = setting_for(delivery) is not None
+        if wanted[nexset_id]:
+            transaction.on_commit(functools.partial(_enqueue, delivery.pk))
+            enqueued += 1
+    return enqueued
 
 
 def _enqueue(delivery_id: int) -> None:
