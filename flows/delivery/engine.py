@@ -4,7 +4,10 @@
 free slot it takes budget from the credential's shared bucket, claims that many due deliveries and hands
 them to the run's event loop (``EventLoop``: each send is a coroutine, ``send.deliver_with``, on one
 thread; a request in flight costs no thread); it claims up to twice the slots, a batch at a time, so
-claiming is amortised and no send waits for the next claim. It stops when nothing is due (a delivery blocked behind an older update of
+claiming is amortised and no send waits for the next claim. A send holds its slot until its requests are
+over, not while its outcome is written. The next chunk is planned ahead on a database thread
+(``_PlanAhead``), and a run that claims a full batch wakes one more worker for the destination
+(``flows.tasks.ask_help``). It stops when nothing is due (a delivery blocked behind an older update of
 the same target becomes claimable when that one finishes, so the loop waits for in-flight sends before
 deciding), when the destination is no longer active (deactivate stops new sends within half a second:
 claimed deliveries not yet started are given back; in-flight requests finish and are recorded), when the credential is paused by a 429 for more than a few
