@@ -369,6 +369,40 @@ def engine_run(sim: Sim, n: int) -> dict[str, float]:
         "p95_s": round(quantiles[94], 2),
         "created_twice": sum(1 for c in names.values() if c > 1),
         "cpu_seconds": cpu,
+        "send_ms": send_timing(sim, dest),
+    }
+
+
+def send_timing(sim: Sim, dest: object) -> dict[str, list[float]]:
+    """Where a send's time went, in ms ([p50, p95] over the sends the simulator still has in its log):
+    ``to_clazar`` from the attempt row's start (before its commit) to the simulator starting on the
+    request; ``in_clazar`` the simulator's own time (its latency included); ``request`` the transport's
+    own measure, from writing the request to the answer read (so ``request - in_clazar`` is the time on
+    the wire and in the worker's event loop)."""
+    from flows.models import Attempt
+
+    entries = {}
+    for entry in sim.log():
+        key = next(
+            (v for k, v in (entry.get("headers") or {}).items() if k.lower() == "idempotency-key"), None
+        )
+        if key and entry.get("duration") is not None:
+            entries[key] = entry
+    spans: dict[str, list[float]] = {"to_clazar": [], "in_clazar": [], "request": []}
+    attempts = Attempt.objects.filter(delivery__destination=dest).values_list(
+        "delivery__idempotency_key", "started_at", "duration_ms"
+    )
+    for key, started, duration_ms in attempts:
+        entry = entries.get(str(key))
+        if entry is None or duration_ms is None:
+            continue
+        spans["to_clazar"].append((entry["time"] - started.timestamp()) * 1000)
+        spans["in_clazar"].append(entry["duration"] * 1000)
+        spans["request"].append(duration_ms)
+    return {
+        name: [round(statistics.median(v), 1), round(statistics.quantiles(v, n=20)[18], 1)]
+        for name, v in spans.items()
+        if len(v) >= 20
     }
 
 

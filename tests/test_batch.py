@@ -66,6 +66,26 @@ def test_each_thread_gets_its_own_result_and_overlapping_writes_share_a_batch(wr
     assert group.batches == len(seen) < 24  # and some batches held several
 
 
+def test_a_lingering_writer_waits_for_company_and_writes_at_once_when_the_batch_is_full():
+    seen: list[list[int]] = []
+
+    def write_many(items: list[int]) -> list[int]:
+        seen.append(items)
+        return items
+
+    group = GroupCommit(write_many, writer=True, linger=0.5, fill=100)
+    started = time.monotonic()
+    in_threads(12, group.submit)  # without the linger the first write would go alone
+    assert len(seen) == 1 and sorted(seen[0]) == list(range(12))
+    assert time.monotonic() - started >= 0.4  # it waited for more, up to the linger
+    full = GroupCommit(write_many, writer=True, linger=30, fill=12)
+    started = time.monotonic()
+    assert in_threads(12, full.submit) == list(range(12))
+    assert time.monotonic() - started < 10  # full: written without waiting out the linger
+    group.close()
+    full.close()
+
+
 @WRITER
 def test_when_a_batch_fails_each_write_is_tried_again_alone_so_only_a_failing_one_fails(writer):
     calls: list[list[int]] = []

@@ -63,7 +63,11 @@ class GroupCommit(Generic[Item, Result]):
     With ``writer=True`` one thread of its own writes every batch (start it lazily, stop it with
     ``close``): the sending threads then need no database connection of their own, so a pool of many
     threads holds one connection per writer, not one per thread. Without, the thread that finds no batch being
-    written writes one, in its own connection (and transaction: what tests inside a transaction need)."""
+    written writes one, in its own connection (and transaction: what tests inside a transaction need).
+
+    ``linger`` (writer only): once a write comes in, the writer waits up to that many seconds for more
+    (or for ``fill`` writes) before it writes the batch: fewer, larger batches for writes nobody waits on
+    to send (outcomes, response records), never for the attempts a request waits on."""
 
     def __init__(
         self,
@@ -71,8 +75,12 @@ class GroupCommit(Generic[Item, Result]):
         *,
         writer: bool = False,
         write_one: Callable[[Item], Result] | None = None,
+        linger: float = 0.0,
+        fill: int = 64,
     ) -> None:
         self._write_many = write_many
+        self._linger = linger
+        self._fill = fill
         self._write_one = write_one or (lambda item: write_many([item])[0])
         self._cond = threading.Condition()
         self._waiting: list[_Slot] = []
@@ -137,6 +145,10 @@ class GroupCommit(Generic[Item, Result]):
                     self._cond.wait_for(lambda: self._waiting or self._closing)
                     if not self._waiting:
                         return
+                    if self._linger:
+                        self._cond.wait_for(
+                            lambda: self._closing or len(self._waiting) >= self._fill, self._linger
+                        )
                 self._write_waiting()
         finally:
             connections.close_all()

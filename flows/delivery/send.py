@@ -52,6 +52,7 @@ STATE_FOR = {
     "exhausted": Delivery.State.EXHAUSTED,
 }
 FINAL = (Delivery.State.SUCCEEDED, Delivery.State.FAILED, Delivery.State.EXHAUSTED)
+WRITE_LINGER = 0.01  # seconds an outcome or response batch waits for more before it is written
 _tally_lock = threading.Lock()
 
 
@@ -90,8 +91,11 @@ class Context:
     def __post_init__(self) -> None:
         self.view = tokens.CredentialView(self.credential.pk)
         self.opener = GroupCommit(open_attempts, writer=self.writers)
-        self.recorder = GroupCommit(write_outcomes, writer=self.writers)
-        self.responder = GroupCommit(responses.store_many, writer=self.writers, write_one=responses.write)
+        # Outcomes and response records wait a little for company: a send no longer holds its slot then.
+        self.recorder = GroupCommit(write_outcomes, writer=self.writers, linger=WRITE_LINGER)
+        self.responder = GroupCommit(
+            responses.store_many, writer=self.writers, write_one=responses.write, linger=WRITE_LINGER
+        )
 
     def close(self) -> None:
         """Stop the writer threads (after every write handed in)."""
