@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from deliver import DATABASE, Sim, destination, offers, setup_django  # noqa: E402
+from deliver import DATABASE, NO_LIMIT, Sim, destination, offers, setup_django  # noqa: E402
 from import_csv import bench_url, ensure_database  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def main() -> None:
         sim.reset(args.latency, rate_limit=0)
         settings.CLAZAR_API_BASES.append(sim.url)
         settings.DELIVERY_THREADS = args.threads  # the kept-alive connections per credential, as in a worker
-        dest = destination(sim, offers(args.records), rate_limit=100_000)
+        dest = destination(sim, offers(args.records), rate_limit=NO_LIMIT)
         Destination.objects.filter(pk=dest.pk).update(status="active", activated_at=timezone.now())
         started = time.process_time()
         planner.plan(dest.pk)

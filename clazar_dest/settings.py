@@ -46,7 +46,7 @@ CLAZAR_API_BASES = [
 if CLAZAR_SIMULATOR_URL:
     CLAZAR_SIMULATOR_URL = ep.parse_origin(CLAZAR_SIMULATOR_URL, "CLAZAR_SIMULATOR_URL")
     CLAZAR_API_BASES.append(CLAZAR_SIMULATOR_URL)
-CLAZAR_RATE_LIMIT = ep.parse_int(ENV, "CLAZAR_RATE_LIMIT", 120, minimum=1, maximum=100_000)
+CLAZAR_RATE_LIMIT = ep.parse_int(ENV, "CLAZAR_RATE_LIMIT", 120, minimum=1, maximum=1_000_000)
 CLAZAR_CONNECT_TIMEOUT = ep.parse_int(ENV, "CLAZAR_CONNECT_TIMEOUT", 5, minimum=1, maximum=120)
 CLAZAR_READ_TIMEOUT = ep.parse_int(ENV, "CLAZAR_READ_TIMEOUT", 30, minimum=1, maximum=600)
 # Total seconds one call to Clazar may take, body included: a server trickling bytes never trips the read

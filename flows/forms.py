@@ -37,7 +37,7 @@ class CredentialForm(forms.ModelForm):
         self.fields["api_base"].choices = [
             (b, f"{b} (simulator)" if b == settings.CLAZAR_SIMULATOR_URL else b) for b in bases
         ]
-        self.fields["rate_limit"].widget.attrs.update(min=1, max=100_000)
+        self.fields["rate_limit"].widget.attrs.update(min=1, max=1_000_000)
         if self.instance.pk:
             self.fields[
                 "client_secret"

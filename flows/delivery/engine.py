@@ -72,16 +72,21 @@ class _Counts:
         batched and short, and the next requests should not wait for them)."""
         return self.busy - min(self.writing, self.size)
 
+    def _low(self) -> int:
+        """Claim again once no more than this many jobs wait or send: while half a pool's worth still
+        waits, so the slots don't run dry while the next claim is made."""
+        return 2 * self.size - max(self.size // 2, 1)
+
     def free(self) -> int:
         """Room for more jobs: up to twice the pool's size may be claimed, so a claim is a batch and the
-        pool never waits for the next one. Zero until at least the size's worth of room is free."""
+        pool never waits for the next one. Zero until at least half the size's worth of room is free."""
         with self._cond:
-            room = 2 * self.size - self._sending()
-            return room if room >= self.size else 0
+            sending = self._sending()
+            return 2 * self.size - sending if sending <= self._low() else 0
 
     def wait_free(self, timeout: float) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self._sending() <= self.size, timeout)
+            self._cond.wait_for(lambda: self._sending() <= self._low(), timeout)
 
     def wait_progress(self, seen: int, timeout: float) -> None:
         """Until a job finishes after ``seen`` had (or the pool is idle)."""
@@ -111,7 +116,7 @@ class _Counts:
     def _room(self) -> None:
         # Wake the run's loop only when it has something to do: room for a claim (or all done), or it
         # waits for any progress. Not at every send while a full claim's worth is queued.
-        if self._sending() <= self.size or self._watching:
+        if self._sending() <= self._low() or self._watching:
             self._cond.notify_all()
 
 
