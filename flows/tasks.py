@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 # webhook messages sends one wake-up. A deliver loop clears the mark before it stops (``rearm``) and looks
 # once more, so a record arriving as it ends is not left for the sweeper.
 WAKE_COALESCE_SECONDS = 2
-# A run with more due work than it holds in flight wakes one more worker for its destination (``help``);
+# A run with more due work than it holds in flight wakes one more worker for its destination (``ask_help``);
 # at most one such wake-up waits per destination, for at most this long.
 HELP_SECONDS = 60
 
