@@ -32,6 +32,13 @@ from clazar_dest.clazar import transport  # noqa: E402
 from clazar_dest.clazar.spec import RequestSpec  # noqa: E402
 
 BODY = json.dumps({"name": "Offer", "listing": "lst-1", "buyer": "123456789012"}).encode()
+# What both transports are called with: no idempotency key, generous timeouts.
+OPTIONS = {"idempotency_key": None, "connect_timeout": 5, "read_timeout": 30, "deadline": 60}
+
+
+def created(result: transport.AttemptResult) -> None:
+    if result.status != 201:
+        raise RuntimeError(f"unexpected answer: {result.status} {result.error}")
 
 
 def measure(name: str, count: int, run: Callable[[], None]) -> dict[str, float]:
@@ -56,17 +63,7 @@ def threads(sim: Sim, token: str, concurrency: int, count: int) -> None:
                 if left[0] <= 0:
                     return
                 left[0] -= 1
-            result = transport.send(
-                spec,
-                token,
-                session=session,
-                idempotency_key=None,
-                connect_timeout=5,
-                read_timeout=30,
-                deadline=60,
-            )
-            if result.status != 201:
-                raise RuntimeError(f"unexpected answer: {result.status} {result.error}")
+            created(transport.send(spec, token, session=session, **OPTIONS))
 
     pool = [threading.Thread(target=work) for _ in range(concurrency)]
     for thread in pool:
@@ -84,17 +81,7 @@ def event_loop(sim: Sim, token: str, concurrency: int, count: int) -> None:
     async def work(session: transport.AsyncSession) -> None:
         while left[0] > 0:
             left[0] -= 1
-            result = await transport.asend(
-                spec,
-                token,
-                session=session,
-                idempotency_key=None,
-                connect_timeout=5,
-                read_timeout=30,
-                deadline=60,
-            )
-            if result.status != 201:
-                raise RuntimeError(f"unexpected answer: {result.status} {result.error}")
+            created(await transport.asend(spec, token, session=session, **OPTIONS))
 
     async def run() -> None:
         session = transport.AsyncSession(concurrency)
