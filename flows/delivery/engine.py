@@ -374,11 +374,11 @@ def _run_loop(
     _plan(destination_id, max(2 * size, 1))
     pool: EventLoop | _Inline = EventLoop(size) if size > 0 else _Inline()
     ahead = _PlanAhead(destination_id, pool)
-    ahead.check()
     gate = _Gate(ctx)
     rearmed = False
     helped = size == 0  # a run in the calling thread (tests, threads=0) asks no other worker
     try:
+        ahead.check()
         _settle_unknown(ctx, pool, lease, tally)
         while True:
             if time.monotonic() >= stop_at:
