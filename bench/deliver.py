@@ -20,7 +20,7 @@ see NODELAY), with ``--latency`` on every call and no rate limit. Five figures:
    ``--threads`` sends in flight each) plus beat, from activation to the last delivery: records/s, and record-to-delivered
    latency (from the later of the record's arrival and the activation) p50/p95, which for a backlog is
    mostly time in the queue; each record created once; CPU seconds per process kind (PostgreSQL's
-   include the backends that ended).
+   include the backends that ended); and where a send's time went (``send_timing``).
 4. **trickle**: ``--trickle`` records/s arriving for 20 s into an active destination (no backlog):
    record-to-delivered latency p50/p95, i.e. how soon a new record goes out.
 5. **budget**: the simulator limiting at 600/min and the credential at 600/min for ``--budget-seconds``:
@@ -138,7 +138,7 @@ def capacity(sim: Sim, clients: int, seconds: float, processes: int = 1, bare: b
     """Requests/s the simulator answers with ``clients`` clients sending back to back (no app), spread
     over ``processes`` load-generator processes (a single Python process can be the limit itself):
     ``requests`` in threads, or with ``bare`` keep-alive connections on one event loop per process
-    writing prepared bytes (``_load_bare``: the lightest client, so the simulator is the limit)."""
+    (``_load_bare``: the lightest client, so the simulator is the limit)."""
     token = sim.token()
     stop = time.time() + seconds
     started = time.perf_counter()
