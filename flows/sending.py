@@ -72,18 +72,34 @@ class Blocking:
 
 
 class Slot:
-    """A send's place among the requests a deliver run has in flight (a semaphore's), given back once;
-    ``released`` is told when that happens before the send ended (``done_sending``)."""
+    """A send's places in a deliver run, each given back once: among the sends under way (``admitted``:
+    from before its attempt is opened until its requests are over) and among the requests in flight
+    (``requests``: taken just before its first request goes out, ``requesting``). A send may so open its
+    attempt while the run's requests are all in flight, and its request goes out as soon as one ends.
+    ``released`` is told when they are given back before the send ended (``done_sending``)."""
 
-    __slots__ = ("released", "semaphore")
+    __slots__ = ("admitted", "released", "requests", "semaphore")
 
-    def __init__(self, semaphore: asyncio.Semaphore, released: Callable[[], None]) -> None:
-        self.semaphore: asyncio.Semaphore | None = semaphore
+    def __init__(
+        self, admitted: asyncio.Semaphore, requests: asyncio.Semaphore, released: Callable[[], None]
+    ) -> None:
+        self.semaphore: asyncio.Semaphore | None = admitted
+        self.admitted = admitted
+        self.requests = requests
         self.released = released
 
+    async def requesting(self) -> None:
+        """Wait for a place among the requests in flight (once per send: a resend after a 401 keeps it)."""
+        if self.semaphore is self.admitted:
+            await self.requests.acquire()
+            self.semaphore = self.requests
+
     def release(self) -> None:
+        if self.semaphore is self.requests:
+            self.requests.release()
+            self.semaphore = self.admitted
         if self.semaphore is not None:
-            self.semaphore.release()
+            self.admitted.release()
             self.semaphore = None
 
     def done_sending(self) -> None:
@@ -100,7 +116,8 @@ class OnLoop(Blocking):
     """The same steps on an event loop (a deliver run's): requests with ``transport.asend`` on the run's
     own kept-alive connections; database work handed to threads (``offload`` returns a
     ``concurrent.futures.Future``), as the ORM must not block the loop. A send holds its ``Slot`` until
-    ``done_sending``: its outcome and response writes then let the next request go out."""
+    ``done_sending``: its outcome and response writes then let the next request go out; its place among
+    the requests in flight it takes only when its request is about to go out."""
 
     def __init__(self, offload: Callable[..., concurrent.futures.Future], pool_size: int) -> None:
         self._offload = offload
@@ -120,6 +137,9 @@ class OnLoop(Blocking):
     async def send(
         self, spec: RequestSpec, token: str, credential: Credential, idempotency_key: str | None
     ) -> AttemptResult:
+        slot = SLOT.get()
+        if slot is not None:
+            await slot.requesting()
         return await transport.asend(
             spec, token, session=self.session, idempotency_key=idempotency_key, **_timeouts()
         )

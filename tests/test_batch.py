@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 import time
 from collections import Counter
@@ -390,3 +391,32 @@ def test_the_next_chunk_is_planned_while_the_current_one_is_still_being_sent(set
     assert second_chunk < last_sent
     names = [e["json"]["name"] for e in clazar_sim.requests_log(method="POST", path="/private_offers/")]
     assert sorted(names) == sorted(f"Offer {i}" for i in range(100))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_send_opens_its_attempt_while_the_requests_in_flight_are_all_taken_and_never_exceeds_them(
+    settings, clazar_sim
+):
+    """A send waited for a place among the requests in flight before it opened its attempt, so every
+    request waited for the commit of its attempt after the previous one ended. Now the attempt is opened
+    while the run's ``threads`` requests are all in flight (its request goes out as one ends), and Clazar
+    still never sees more than ``threads`` requests of the run at once."""
+    dest = creates_over_the_simulator(settings, clazar_sim, 40)
+    clazar_sim.add_fault("latency", seconds=0.15)
+    tally = delivery.process_due(dest.pk, threads=4, lease_seconds=30)
+    assert tally["claimed"] == 40
+    assert dict(Counter(dest.deliveries.values_list("state", flat=True))) == {S.SUCCEEDED: 40}
+    calls = clazar_sim.requests_log(method="POST", path="/private_offers/")
+    spans = [(e["time"], e["time"] + e["duration"]) for e in calls]
+    assert len(spans) == 40
+
+    def in_flight(at: float) -> int:
+        return sum(1 for start, end in spans if start <= at < end)
+
+    assert max(in_flight(start) for start, _ in spans) == 4
+    # Each attempt is open from its opening until Clazar finished its request: up to one more than the
+    # requests in flight (a pool of 4 opens 1 ahead), where before it was at most as many.
+    ended = {e["json"]["name"]: e["time"] + e["duration"] for e in calls}
+    attempts = Attempt.objects.filter(delivery__destination=dest).values_list("started_at", "request_body")
+    opened = [(at.timestamp(), ended[json.loads(body)["name"]]) for at, body in attempts]
+    assert max(sum(1 for start, end in opened if start <= at < end) for at, _ in opened) == 5

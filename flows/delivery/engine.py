@@ -177,7 +177,10 @@ class Pool(_Counts):
 
 class EventLoop(_Counts):
     """The sends of a deliver run as coroutines on one event loop, in a thread of its own: up to ``size``
-    requests in flight (each on a kept-alive connection of the run) without a thread per request. The
+    requests in flight (each on a kept-alive connection of the run) without a thread per request, and up
+    to ``ahead`` more sends opening their attempts meanwhile, so a request goes out as soon as another
+    ends instead of after its attempt's commit (a killed worker leaves at most that many attempts opened
+    but never sent, which the sweeper settles as any other unknown outcome). The
     database steps of a send (its writes go through the run's group commits; the rare ones, such as a 429
     pause or a lookup, run on ``DB_THREADS`` threads) never block the loop. A job is a coroutine function
     taking the run's ``flows.sending.OnLoop`` first, or a plain function (run on those threads)."""
@@ -190,7 +193,9 @@ class EventLoop(_Counts):
         self.db = Pool(self.DB_THREADS, name="deliver-db")
         self.way = OnLoop(self.db.call, size)
         self._loop = asyncio.new_event_loop()
-        self._slots: asyncio.Semaphore | None = None
+        self.ahead = max(size // 4, 1)
+        self._slots: asyncio.Semaphore | None = None  # the sends under way (``Slot``)
+        self._requests: asyncio.Semaphore | None = None  # the requests in flight
         self._incoming: list[tuple[Callable[..., Any], tuple]] = []
         self._tasks: set[asyncio.Task] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="deliver-loop", daemon=True)
@@ -231,12 +236,13 @@ class EventLoop(_Counts):
             task.add_done_callback(self._tasks.discard)
 
     async def _job(self, fn: Callable[..., Any], args: tuple) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.size)
+        if self._slots is None or self._requests is None:  # made on the loop, for the loop
+            self._slots = asyncio.Semaphore(self.size + self.ahead)
+            self._requests = asyncio.Semaphore(self.size)
         slot = None
         try:
             await self._slots.acquire()
-            slot = Slot(self._slots, self._sent)
+            slot = Slot(self._slots, self._requests, self._sent)
             SLOT.set(slot)  # this task's own context: done_sending gives it back before the writes
             if inspect.iscoroutinefunction(fn):
                 await fn(self.way, *args)
