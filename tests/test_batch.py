@@ -20,7 +20,7 @@ from django.utils import timezone
 from clazar_dest.simulators import clazar as clazar_sim_module
 from clazar_dest.simulators.clazar import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from flows import delivery, records
-from flows.bulk import _converter, insert_many, set_many
+from flows.bulk import _converter, insert_many, insert_rows, set_many
 from flows.delivery.batch import GroupCommit
 from flows.models import Attempt, Delivery, Destination, Nexset, Record
 from tests.factories import CredentialFactory, DestinationFactory, NexsetFactory
@@ -236,6 +236,28 @@ def test_insert_many_stores_every_field_as_save_would_and_gives_each_object_its_
     first = Attempt.objects.get(pk=attempts[0].pk)
     assert first.request_headers == {"X-Trace": "a'b\"c"} and first.outcome == Attempt.Outcome.SENDING
     assert Attempt.objects.get(pk=attempts[1].pk).response_headers == {}
+
+
+@pytest.mark.django_db
+def test_insert_rows_fills_what_a_row_leaves_out_as_a_new_object_would_and_returns_the_ids_in_order():
+    dest = DestinationFactory()
+    before = timezone.now()
+    rows = [
+        {"destination_id": dest.pk, "method": "POST", "url": f"https://x/{i}", "body": b'{"n": "\xc3\xa9"}'}
+        for i in range(3)
+    ]
+    ids = insert_rows(Delivery, rows)
+    assert len(set(ids)) == 3
+    stored = {d.pk: d for d in Delivery.objects.filter(destination=dest)}
+    for key, row in zip(ids, rows, strict=True):
+        got = stored[key]  # each id belongs to its own row, in order
+        assert (got.url, bytes(got.body)) == (row["url"], row["body"])
+        assert (got.state, got.attempts, got.target_id, got.last_error) == (S.QUEUED, 0, "", "")
+        assert got.created_at >= before and got.updated_at >= before and got.finished_at is None
+    # Defaults made per row (as a new object's): every delivery its own uuid and idempotency key.
+    assert len({d.uuid for d in stored.values()}) == 3
+    assert len({d.idempotency_key for d in stored.values()}) == 3
+    assert insert_rows(Delivery, []) == []
 
 
 AWARE = datetime(2026, 11, 26, 9, 30, 15, 123456, tzinfo=UTC)
