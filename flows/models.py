@@ -352,7 +352,8 @@ class Delivery(Stamped):
     )
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
-    idempotency_key = models.CharField(max_length=64, unique=True, default=uuid4)
+    # Random (uuid4) and never looked up: no unique index (every new version of a row paid an entry in it).
+    idempotency_key = models.CharField(max_length=64, default=uuid4)
     method = models.CharField(max_length=8)
     url = models.CharField(max_length=2000)
     body = models.BinaryField(null=True, blank=True, help_text="The request body as planned (no secrets).")
@@ -372,10 +373,16 @@ class Delivery(Stamped):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            models.Index(fields=["destination", "state", "next_attempt_at"], name="delivery_due"),
-            models.Index(fields=["destination", "target_id", "id"], name="delivery_target_order"),
+            # Ordering of the updates of one object; creates (no target) have no entry.
+            models.Index(
+                fields=["destination", "target_id", "id"],
+                condition=~Q(target_id=""),
+                name="delivery_target_order",
+            ),
+            # The sweeper: due retries and expired leases of every destination.
             models.Index(fields=["state", "next_attempt_at"], name="delivery_state_due"),
-            # Dashboard and history: capped counts per state, last error, state-filtered pages.
+            # Claims (the oldest due per state), dashboard and history (capped counts per state, last
+            # error, state-filtered pages).
             models.Index(
                 fields=["destination", "state", "id"], condition=Q(is_test=False), name="delivery_history"
             ),

@@ -179,6 +179,20 @@ def test_a_retry_is_claimable_only_when_due(make):
     assert len(claims.claim(dest.pk, 10, 30)) == 1
 
 
+def test_a_claim_takes_the_oldest_due_deliveries_whether_queued_or_due_retries(make):
+    """On PostgreSQL the claim picks the oldest of each state apart, then the oldest of both: a limited
+    claim still takes the oldest due across both states, and passes over a retry not yet due."""
+    dest = make(CREATE, offers(7))
+    planner.plan(dest.pk)
+    ids = list(dest.deliveries.order_by("pk").values_list("pk", flat=True))
+    Delivery.objects.filter(pk__in=ids[0:5:2]).update(state=S.RETRY_SCHEDULED, attempts=1)
+    Delivery.objects.filter(pk=ids[0]).update(next_attempt_at=timezone.now() + timedelta(minutes=5))
+    assert [d.pk for d in claims.claim(dest.pk, 3, 30)] == ids[1:4]
+    assert [d.pk for d in claims.claim(dest.pk, 10, 30)] == ids[4:]
+    make_due(dest)
+    assert [d.pk for d in claims.claim(dest.pk, 10, 30)] == ids[:1]
+
+
 def test_two_updates_of_one_object_are_never_claimed_out_of_order(make):
     dest = make(UPDATE, [{"id": "po-1", "v": 1}, {"id": "po-2", "v": 1}, {"id": "po-1", "v": 2}])
     planner.plan(dest.pk)

@@ -43,17 +43,21 @@ FIELDS = (
 
 
 def sendable(
-    destination_id: int, *, now: datetime | None = None, any_time: bool = False
+    destination_id: int,
+    *,
+    now: datetime | None = None,
+    any_time: bool = False,
+    states: tuple[str, ...] = SENDABLE,
 ) -> QuerySet[Delivery]:
-    """Deliveries of the destination that may be claimed now, oldest first."""
+    """Deliveries of the destination that may be claimed now, oldest first (``states``: of these only)."""
     older_open = Delivery.objects.filter(
         destination_id=destination_id,
         is_test=False,
         target_id=OuterRef("target_id"),
         id__lt=OuterRef("id"),
         state__in=Delivery.OPEN_STATES,
-    )
-    rows = Delivery.objects.filter(destination_id=destination_id, is_test=False, state__in=SENDABLE)
+    ).exclude(target_id="")  # (what lets PostgreSQL use the partial index delivery_target_order)
+    rows = Delivery.objects.filter(destination_id=destination_id, is_test=False, state__in=states)
     if not any_time:
         rows = rows.filter(next_attempt_at__lte=now or timezone.now())
     return rows.filter(Q(target_id="") | ~Exists(older_open)).order_by("id")
@@ -138,14 +142,24 @@ _ID, _NOW, _LIMIT = object(), object(), object()
 
 @functools.cache
 def _claim_statement(any_time: bool) -> tuple[str, tuple[object, ...]]:
-    """The UPDATE, and its parameters after the SET's: constants, or _ID, _NOW and _LIMIT to fill in."""
-    query = sendable(_PLACEHOLDER_ID, now=_PLACEHOLDER_NOW, any_time=any_time).values("id").query
-    pick, params = query.sql_with_params()
+    """The UPDATE, and its parameters after the SET's: constants, or _ID, _NOW and _LIMIT to fill in.
+
+    The oldest due deliveries are picked per sendable state, each state's in id order from the
+    ``delivery_history`` index (destination, state, id), then the oldest of both. One pick over both
+    states had to be sorted (or walked the primary key past every finished delivery of the destination):
+    its cost grew with the destination's history and its backlog, at every claim."""
     marks = {_PLACEHOLDER_ID: _ID, _PLACEHOLDER_NOW: _NOW}
-    template = (*(marks.get(p, p) for p in params), _LIMIT)
-    if _ID not in template or template.count(_NOW) != (0 if any_time else 1):
+    branches, template = [], []
+    for n, state in enumerate(SENDABLE):
+        query = sendable(_PLACEHOLDER_ID, now=_PLACEHOLDER_NOW, any_time=any_time, states=(state,))
+        pick, params = query.values("id").query.sql_with_params()
+        # The pick's SQL is Django's own; every value is a parameter.
+        branches.append(f"SELECT id FROM ({pick} LIMIT %s FOR UPDATE SKIP LOCKED) AS state_{n}")  # noqa: S608
+        template += [*(marks.get(p, p) for p in params), _LIMIT]
+    if template.count(_ID) != 2 * len(SENDABLE) or template.count(_NOW) != (0 if any_time else len(SENDABLE)):
         raise RuntimeError("the claim query's parameters are not where they were expected")
-    return _update_sql(pick + " LIMIT %s", bump=True), template
+    pick = f"SELECT id FROM ({' UNION ALL '.join(branches)}) AS due ORDER BY id LIMIT %s"  # noqa: S608
+    return _update_sql(pick, bump=True, locked=True), (*template, _LIMIT)
 
 
 def _claim_postgresql(
@@ -157,8 +171,10 @@ def _claim_postgresql(
     return _returned(sql, [lease_until, now, Delivery.State.SENDING, *params], lease_until)
 
 
-def _update_sql(pick: str, bump: bool) -> str:
-    pick += " FOR UPDATE SKIP LOCKED"  # (Django compiles select_for_update only inside a transaction)
+def _update_sql(pick: str, bump: bool, locked: bool = False) -> str:
+    """``locked``: the pick locks its rows itself."""
+    if not locked:
+        pick += " FOR UPDATE SKIP LOCKED"  # (Django compiles select_for_update only inside a transaction)
     quote = connection.ops.quote_name
     sets = [f"{quote('lease_until')} = %s", f"{quote('updated_at')} = %s"]
     if bump:
