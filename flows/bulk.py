@@ -27,7 +27,7 @@ from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import BinaryField, Field, JSONField, Model
 from django.utils import timezone
 
@@ -43,23 +43,31 @@ def insert_many(model: type[Model], objs: Sequence[Model]) -> Sequence[Model]:
         else:
             model.objects.bulk_create(objs)
         return objs
-    meta, quote = model._meta, connection.ops.quote_name
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    db = connections[DEFAULT_DB_ALIAS]
+    sql, fields = _insert_sql(model)
     plan = _insert_plan(model)
     document = [{column: convert(read(obj)) for column, read, convert in plan} for obj in objs]
-    table, names = quote(meta.db_table), ", ".join(quote(f.column) for f in fields)
-    sql = (
-        f"INSERT INTO {table} ({names}) SELECT {names} "  # noqa: S608
-        f"FROM json_populate_recordset(NULL::{table}, %s::json) RETURNING {quote(meta.pk.column)}"
-    )
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, [_dumps(document, fields)])
         keys = [row[0] for row in cursor.fetchall()]
     for obj, key in zip(objs, keys, strict=True):
         obj.pk = key
         obj._state.adding = False
-        obj._state.db = connection.alias
+        obj._state.db = db.alias
     return objs
+
+
+@functools.cache
+def _insert_sql(model: type[Model]) -> tuple[str, list[Field]]:
+    """The INSERT of ``insert_many`` and ``insert_rows`` (every column but the key), and its fields."""
+    meta, quote = model._meta, connection.ops.quote_name
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    table, names = quote(meta.db_table), ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"INSERT INTO {table} ({names}) SELECT {names} "  # noqa: S608
+        f"FROM json_populate_recordset(NULL::{table}, %s::json) RETURNING {quote(meta.pk.column)}"
+    )
+    return sql, fields
 
 
 def insert_rows(model: type[Model], rows: Sequence[dict[str, Any]]) -> list[Any]:
@@ -71,8 +79,7 @@ def insert_rows(model: type[Model], rows: Sequence[dict[str, Any]]) -> list[Any]
         return []
     if connection.vendor != "postgresql":
         return [obj.pk for obj in insert_many(model, [model(**row) for row in rows])]
-    meta, quote = model._meta, connection.ops.quote_name
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    sql, fields = _insert_sql(model)
     now = timezone.now()
     given = [(f.column, f.attname, _converter(f)) for f in fields if f.attname in rows[0]]
     left = [(f.column, *_fill(f, now)) for f in fields if f.attname not in rows[0]]
@@ -86,11 +93,6 @@ def insert_rows(model: type[Model], rows: Sequence[dict[str, Any]]) -> list[Any]
         }
         for row in rows
     ]
-    table, names = quote(meta.db_table), ", ".join(quote(f.column) for f in fields)
-    sql = (
-        f"INSERT INTO {table} ({names}) SELECT {names} "  # noqa: S608
-        f"FROM json_populate_recordset(NULL::{table}, %s::json) RETURNING {quote(meta.pk.column)}"
-    )
     with connection.cursor() as cursor:
         cursor.execute(sql, [_dumps(document, fields)])
         return [row[0] for row in cursor.fetchall()]
@@ -111,36 +113,46 @@ def set_many(model: type[Model], rows: Iterable[tuple[Any, dict[str, Any]]]) -> 
     groups: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = defaultdict(list)
     for pk, values in rows:
         groups[tuple(values)].append((pk, values))
-    meta, quote = model._meta, connection.ops.quote_name
-    table, key = quote(meta.db_table), quote(meta.pk.column)
-    with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]
+    postgresql = db.vendor == "postgresql"
+    with db.cursor() as cursor:
         for names, members in groups.items():
-            fields = [meta.get_field(name) for name in names]
-            if connection.vendor == "postgresql":
-                assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in fields)
-                sql = (
-                    f"UPDATE {table} SET {assignments} "  # noqa: S608
-                    f"FROM json_populate_recordset(NULL::{table}, %s::json) AS v WHERE {table}.{key} = v.{key}"
-                )
-                converters = [(f.column, f.name, _converter(f)) for f in fields]
+            sql, fields, converters = _update_sql(model, names, postgresql)
+            if postgresql:
+                key = model._meta.pk.column
                 document = [
-                    {
-                        meta.pk.column: pk,
-                        **{column: convert(values[name]) for column, name, convert in converters},
-                    }
+                    {key: pk, **{column: convert(values[name]) for column, name, convert in converters}}
                     for pk, values in members
                 ]
                 cursor.execute(sql, [_dumps(document, fields)])
             else:
-                assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
-                sql = f"UPDATE {table} SET {assignments} WHERE {key} = %s"  # noqa: S608
                 cursor.executemany(
                     sql,
                     [
-                        [f.get_db_prep_save(values[f.name], connection) for f in fields] + [pk]
+                        [f.get_db_prep_save(values[f.name], db) for f in fields] + [pk]
                         for pk, values in members
                     ],
                 )
+
+
+@functools.cache
+def _update_sql(
+    model: type[Model], names: tuple[str, ...], postgresql: bool
+) -> tuple[str, list[Field], list[tuple[str, str, Callable[[Any], Any]]]]:
+    """``set_many``'s UPDATE of the fields ``names``, the fields, and (PostgreSQL) how each value goes in
+    the JSON document: (column, field name, converter)."""
+    meta, quote = model._meta, connection.ops.quote_name
+    table, key = quote(meta.db_table), quote(meta.pk.column)
+    fields = [meta.get_field(name) for name in names]
+    if not postgresql:
+        assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+        return f"UPDATE {table} SET {assignments} WHERE {key} = %s", fields, []  # noqa: S608
+    assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in fields)
+    sql = (
+        f"UPDATE {table} SET {assignments} "  # noqa: S608
+        f"FROM json_populate_recordset(NULL::{table}, %s::json) AS v WHERE {table}.{key} = v.{key}"
+    )
+    return sql, fields, [(f.column, f.name, _converter(f)) for f in fields]
 
 
 @functools.cache
@@ -164,6 +176,7 @@ def _pre_save(field: Field, obj: Model) -> Any:
     return field.pre_save(obj, True)
 
 
+@functools.cache
 def _converter(field: Field) -> Callable[[Any], Any]:
     """How a value of ``field`` goes into the JSON document ``json_populate_recordset`` reads into
     the field's column (None stays null)."""
