@@ -25,6 +25,7 @@ import pytest
 from clazar_dest.clazar import endpoints, transport
 from clazar_dest.clazar.spec import RequestSpec
 from clazar_dest.simulators.clazar import ClazarSimulator
+from flows.delivery import engine
 from flows.outcomes import classify
 
 FAST = {"connect_timeout": 1.0, "read_timeout": 2.0, "deadline": 4.0}
@@ -45,18 +46,19 @@ def spec_for(base: str, key: str, body: object | None, object_id: str | None = N
 
 
 # Every test sends with the blocking transport (``transport.send``) and again with its asyncio twin
-# (``transport.asend``, what the deliver loop uses): the same answers, the same error kinds.
+# (``transport.asend``, what the deliver loop uses), on the deliver run's loop (uvloop's) and on asyncio's
+# own (where uvloop is not installed): the same answers, the same error kinds.
 _mode: dict = {"name": "blocking", "loop": None}
 blocking_only = pytest.mark.parametrize("transport_mode", ["blocking"], indirect=True)
 
 
-@pytest.fixture(autouse=True, params=["blocking", "asyncio"])
+@pytest.fixture(autouse=True, params=["blocking", "uvloop", "asyncio"])
 def transport_mode(request) -> Iterator[str]:
-    """For asyncio, one event loop for the whole test (kept-alive connections live on it), running in a
+    """For asend, one event loop for the whole test (kept-alive connections live on it), running in a
     thread of its own as a deliver run's does (so it runs all the time, and whatever the test's thread
     has: the browser tests' Playwright leaves a loop on the main thread)."""
-    _mode["name"] = request.param
-    loop = asyncio.new_event_loop()
+    _mode["name"] = "blocking" if request.param == "blocking" else "asyncio"
+    loop = engine.new_loop() if request.param == "uvloop" else asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     _mode["loop"] = loop

@@ -971,7 +971,7 @@ async def _aconnect(target: _Target, timeout: float) -> _Wire:
     loop = asyncio.get_running_loop()
     https = target.scheme == "https"
     async with asyncio.timeout(timeout):
-        _, conn = await loop.create_connection(  # TCP_NODELAY is asyncio's default
+        _, conn = await loop.create_connection(  # TCP_NODELAY is asyncio's default (and uvloop's)
             _Wire,
             target.address,
             target.port,
