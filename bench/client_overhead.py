@@ -2,7 +2,8 @@
 way (coroutines on one event loop, each calling ``transport.asend``) beside its earlier way (a pool of
 threads, each calling ``transport.send``) and a bare HTTP/1.1 exchange over ``asyncio`` streams on as
 many keep-alive connections (the floor any event-loop worker could approach, with none of the
-transport's checks). No database: this isolates the client.
+transport's checks), each loop way on uvloop's loop (what a deliver run uses) and on asyncio's own. No
+database: this isolates the client.
 
     .venv/bin/python bench/client_overhead.py [--concurrency 64] [--requests 4000] [--latency 0.05]
 
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,9 +76,17 @@ def threads(sim: Sim, token: str, concurrency: int, count: int) -> None:
         thread.join()
 
 
-def event_loop(sim: Sim, token: str, concurrency: int, count: int) -> None:
-    """The engine's way: ``concurrency`` coroutines on one event loop, each calling ``transport.asend``
-    on the loop's kept-alive connections until none are left."""
+# The event loops a deliver run may have: uvloop's (what it uses wherever uvloop is installed) and
+# asyncio's own (where it is not).
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+
+
+def event_loop(sim: Sim, token: str, concurrency: int, count: int, loop: str) -> None:
+    """The engine's way: ``concurrency`` coroutines on one event loop (``loop``, of LOOPS), each calling
+    ``transport.asend`` on the loop's kept-alive connections until none are left."""
     spec = RequestSpec("POST", f"{sim.url}/private_offers/", BODY, (1,))
     left = [count]
 
@@ -90,15 +102,17 @@ def event_loop(sim: Sim, token: str, concurrency: int, count: int) -> None:
         finally:
             session.close()
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(run())
 
 
-def bare(sim: Sim, token: str, concurrency: int, count: int) -> None:
+def bare(sim: Sim, token: str, concurrency: int, count: int, loop: str) -> None:
     async def run() -> None:
         left = [count]
         await asyncio.gather(*(bare_client(sim.url, token, None, str(n), left) for n in range(concurrency)))
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(run())
 
 
 def main() -> None:
@@ -117,8 +131,15 @@ def main() -> None:
         token = sim.token()
         c, n = args.concurrency, args.requests
         measure(f"{c} threads, transport.send", n, lambda: threads(sim, token, c, n))
-        measure(f"asyncio, {c} in flight, transport.asend", n, lambda: event_loop(sim, token, c, n))
-        measure(f"asyncio, {c} connections, bare HTTP/1.1", n, lambda: bare(sim, token, c, n))
+        for loop in LOOPS:
+            measure(
+                f"{loop}, {c} in flight, transport.asend",
+                n,
+                functools.partial(event_loop, sim, token, c, n, loop),
+            )
+            measure(
+                f"{loop}, {c} connections, bare HTTP/1.1", n, functools.partial(bare, sim, token, c, n, loop)
+            )
     finally:
         sim.stop()
 

@@ -11,9 +11,9 @@ see NODELAY), with ``--latency`` on every call and no rate limit. Five figures:
    records; its rate does not depend on the count).
 2. **simulator capacity**: a load generator with no app: ``workers x threads`` client threads (and 4x as
    many) in one process, and both again spread over ``workers`` processes, POSTing as fast as the
-   simulator answers; then ``workers x threads`` bare keep-alive connections on an event loop, in one
-   process and over ``workers`` (the lightest client: ``requests`` in threads costs more CPU per request
-   than the engine does); the best of the six is the capacity. (A load generator with N clients can't pass
+   simulator answers; then ``workers x threads`` bare keep-alive connections on an event loop (uvloop's,
+   as the engine's), in one process and over ``workers`` (the lightest client: ``requests`` in threads
+   costs more CPU per request than the engine does); the best of the six is the capacity. (A load generator with N clients can't pass
    N / latency per second, nor a single Python process about 1,000 requests/s here: the capacity is
    what the simulator answers when neither limits it.)
 3. **engine**: a backlog of ``--records`` records, ``--workers`` Celery worker processes (solo pool,
@@ -46,6 +46,7 @@ from collections import Counter
 from pathlib import Path
 
 import requests
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -154,7 +155,8 @@ def capacity(sim: Sim, clients: int, seconds: float, processes: int = 1, bare: b
 
 
 def _load_bare(url: str, token: str, clients: int, stop: float) -> int:
-    """``clients`` keep-alive connections on one event loop POSTing until ``stop``; returns the 201s."""
+    """``clients`` keep-alive connections on one event loop (uvloop's, as a deliver run's: the lightest
+    there is) POSTing until ``stop``; returns the 201s."""
 
     async def run() -> int:
         counts = await asyncio.gather(
@@ -162,7 +164,8 @@ def _load_bare(url: str, token: str, clients: int, stop: float) -> int:
         )
         return sum(counts)
 
-    return asyncio.run(run())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run())
 
 
 async def bare_client(
