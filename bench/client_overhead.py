@@ -24,13 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import uvloop
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from deliver import Sim, bare_client  # noqa: E402
+from deliver import LOOPS, Sim, bare_client  # noqa: E402
 
 from clazar_dest.clazar import transport  # noqa: E402
 from clazar_dest.clazar.spec import RequestSpec  # noqa: E402
@@ -74,14 +72,6 @@ def threads(sim: Sim, token: str, concurrency: int, count: int) -> None:
         thread.start()
     for thread in pool:
         thread.join()
-
-
-# The event loops a deliver run may have: uvloop's (what it uses wherever uvloop is installed) and
-# asyncio's own (where it is not).
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "uvloop": uvloop.new_event_loop,
-    "asyncio": asyncio.new_event_loop,
-}
 
 
 def event_loop(sim: Sim, token: str, concurrency: int, count: int, loop: str) -> None:

@@ -12,8 +12,9 @@ see NODELAY), with ``--latency`` on every call and no rate limit. Five figures:
 2. **simulator capacity**: a load generator with no app: ``workers x threads`` client threads (and 4x as
    many) in one process, and both again spread over ``workers`` processes, POSTing as fast as the
    simulator answers; then ``workers x threads`` bare keep-alive connections on an event loop (uvloop's,
-   as the engine's), in one process and over ``workers`` (the lightest client: ``requests`` in threads
-   costs more CPU per request than the engine does); the best of the six is the capacity. (A load generator with N clients can't pass
+   as the engine's, and asyncio's own), in one process and over ``workers`` (the lightest client:
+   ``requests`` in threads costs more CPU per request than the engine does); the best of the eight is
+   the capacity. (A load generator with N clients can't pass
    N / latency per second, nor a single Python process about 1,000 requests/s here: the capacity is
    what the simulator answers when neither limits it.)
 3. **engine**: a backlog of ``--records`` records, ``--workers`` Celery worker processes (solo pool,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -135,7 +137,9 @@ def naive(sim: Sim, rows: list[dict]) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
-def capacity(sim: Sim, clients: int, seconds: float, processes: int = 1, bare: bool = False) -> float:
+def capacity(
+    sim: Sim, clients: int, seconds: float, processes: int = 1, bare: bool = False, loop: str = "uvloop"
+) -> float:
     """Requests/s the simulator answers with ``clients`` clients sending back to back (no app), spread
     over ``processes`` load-generator processes (a single Python process can be the limit itself):
     ``requests`` in threads, or with ``bare`` keep-alive connections on one event loop per process
@@ -143,7 +147,7 @@ def capacity(sim: Sim, clients: int, seconds: float, processes: int = 1, bare: b
     token = sim.token()
     stop = time.time() + seconds
     started = time.perf_counter()
-    load = _load_bare if bare else _load
+    load = functools.partial(_load_bare, loop=loop) if bare else _load
     if processes == 1:
         ok = load(sim.url, token, clients, stop)
     else:
@@ -154,9 +158,13 @@ def capacity(sim: Sim, clients: int, seconds: float, processes: int = 1, bare: b
     return ok / (time.perf_counter() - started)
 
 
-def _load_bare(url: str, token: str, clients: int, stop: float) -> int:
-    """``clients`` keep-alive connections on one event loop (uvloop's, as a deliver run's: the lightest
-    there is) POSTing until ``stop``; returns the 201s."""
+# The event loops the bare load generator runs on: uvloop's (a deliver run's) and asyncio's own.
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+
+
+def _load_bare(url: str, token: str, clients: int, stop: float, loop: str = "uvloop") -> int:
+    """``clients`` keep-alive connections on one event loop (``loop``, of LOOPS) POSTing until ``stop``;
+    returns the 201s."""
 
     async def run() -> int:
         counts = await asyncio.gather(
@@ -164,7 +172,7 @@ def _load_bare(url: str, token: str, clients: int, stop: float) -> int:
         )
         return sum(counts)
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         return runner.run(run())
 
 
@@ -526,10 +534,11 @@ def main() -> None:
         # The same with the lightest client there is: when ``requests`` in threads is the limit itself (its
         # CPU per request is more than the engine's), this finds the simulator's.
         for processes in (1, args.workers):
-            sim.reset(args.latency, rate_limit=0)
-            results[f"sim_capacity_{clients}_bare_clients_{processes}_processes"] = round(
-                capacity(sim, clients, 10, processes=processes, bare=True), 1
-            )
+            for loop in LOOPS:
+                sim.reset(args.latency, rate_limit=0)
+                results[f"sim_capacity_{clients}_bare_clients_{loop}_{processes}_processes"] = round(
+                    capacity(sim, clients, 10, processes=processes, bare=True, loop=loop), 1
+                )
         sim.reset(args.latency, rate_limit=0)
         engine = Engine(env, args.workers, folder)
         results["engine"] = engine_run(sim, args.records)
